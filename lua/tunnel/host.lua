@@ -1,0 +1,56 @@
+--- The process: orderly exit and shutdown hooks (see docs/api/tunnel.host.md).
+local core = require "tunnel.core.host"
+local log = require "tunnel.log"
+
+local M = {}
+
+local hooks = {}
+
+--- Register `fn` to run at orderly shutdown (SIGINT, SIGTERM, tunnel.exit, end of the loop).
+-- Hooks run in reverse order of registration; an error in one is logged and the rest still run.
+-- Returns a function that unregisters the hook.
+function M.on_shutdown(fn)
+  if type(fn) ~= "function" then
+    error("on_shutdown expects a function", 2)
+  end
+  hooks[#hooks + 1] = fn
+  return function()
+    for i = #hooks, 1, -1 do
+      if hooks[i] == fn then
+        table.remove(hooks, i)
+      end
+    end
+  end
+end
+
+core.set_shutdown(function()
+  local list = hooks
+  hooks = {}
+  for i = #list, 1, -1 do
+    local ok, err = xpcall(list[i], debug.traceback)
+    if not ok then
+      log.error("shutdown hook failed: %s", tostring(err))
+    end
+  end
+end)
+
+--- Leave now: runs the shutdown sequence, then exits with `code` (default 0).
+M.exit = core.exit
+--- Shut down after the current callback returns, then exit with `code` (default 0).
+M.stop = core.stop
+--- True once an exit has been requested.
+M.exiting = core.exiting
+
+--- Versions of tunnel and of every library it is built on.
+function M.versions()
+  local v = core.versions()
+  local luv = require "luv"
+  v.luv = luv.version_string()
+  local ok, cjson = pcall(require, "cjson")
+  v["lua-cjson"] = ok and cjson._VERSION and cjson._VERSION:gsub("^lua%-cjson%s*", "") or "?"
+  local ok2, argparse = pcall(require, "argparse")
+  v["lua-argparse"] = ok2 and argparse.version or "?"
+  return v
+end
+
+return M
