@@ -230,6 +230,9 @@ local function maybe_start_ctl(name)
     log.debug("control socket unavailable: %s", tostring(ctl))
     return
   end
+  if #ctl.servers() > 0 then
+    return -- the script opened its own
+  end
   local srv, err = ctl.listen({ name = name })
   if not srv then
     log.warn("control socket not started: %s", tostring(err))

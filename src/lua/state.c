@@ -110,6 +110,15 @@ lua_State *tun_lua_new(uv_loop_t *loop, const char *dev_dir)
     luv_set_loop(L, loop);
     luv_set_callback(L, luv_callback_pcall);
     luaopen_luv(L);
+    /* uv.walk would hand luv every handle of the loop, including C ones whose data luv would
+     * misread; C subsystems own most handles here, so walking is refused. */
+    if (luaL_loadstring(L, "local uv = ...; uv.walk = function() error('uv.walk is not "
+                           "available in tunnel: the loop also runs C handles', 2) end") == 0) {
+        lua_pushvalue(L, -2);
+        lua_call(L, 1, 0);
+    } else {
+        lua_pop(L, 1);
+    }
     /* require "luv" must give this instance, never a second luv.so with its own loop. */
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "loaded");
