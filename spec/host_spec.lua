@@ -116,9 +116,18 @@ describe("tunnel host", function()
   end)
 
   it("can load Lua modules from the source tree (TUNNEL_LUA_DEV)", function()
-    local code = "print(package.preload['tunnel.cli'] == nil)"
-    assert.equal("true\n", H.tunnel({ "-e", code }, { env = { TUNNEL_LUA_DEV = "1" } }).stdout)
-    assert.equal("false\n", H.tunnel({ "-e", code }, { env = { TUNNEL_LUA_DEV = "0" } }).stdout)
+    local code = "print(debug.getinfo(require('tunnel.log').group).source)"
+    local dev = H.tunnel({ "-e", code }, { env = { TUNNEL_LUA_DEV = "1" } }).stdout
+    assert.matches("^@/.+/lua/tunnel/log%.lua\n$", dev)
+    local embedded = H.tunnel({ "-e", code }, { env = { TUNNEL_LUA_DEV = "0" } }).stdout
+    assert.equal("@lua/tunnel/log.lua\n", embedded)
+    -- Another tree (a copy with one module changed) wins over the embedded copy too.
+    local dir = H.tmpdir()
+    os.execute("cp -r lua/tunnel '" .. dir .. "/'")
+    H.write_file(dir .. "/tunnel/pretty.lua", "return { marker = 42 }")
+    local other = H.tunnel({ "-e", "print(require('tunnel.pretty').marker)" },
+      { env = { TUNNEL_LUA_DEV = dir } })
+    assert.equal("42\n", other.stdout)
   end)
 
   it("shares one luv and one loop with scripts", function()
