@@ -497,6 +497,17 @@ static int l_hex_decode(lua_State *L)
     return 1;
 }
 
+/* equal(a, b) -> boolean, in time that depends only on the lengths (for secrets such as
+ * tokens: a byte-by-byte early exit would tell an attacker how much of a guess was right). */
+static int l_equal(lua_State *L)
+{
+    size_t la, lb;
+    const char *a = luaL_checklstring(L, 1, &la);
+    const char *b = luaL_checklstring(L, 2, &lb);
+    lua_pushboolean(L, la == lb && sodium_memcmp(a, b, la) == 0);
+    return 1;
+}
+
 int luaopen_tunnel_core_keys(lua_State *L)
 {
     static const luaL_Reg fns[] = {
@@ -510,7 +521,8 @@ int luaopen_tunnel_core_keys(lua_State *L)
         {"npub_encode", l_npub_encode},       {"parse_nsec", l_parse_nsec},
         {"parse_npub", l_parse_npub},         {"base64_encode", l_base64_encode},
         {"base64_decode", l_base64_decode},   {"hex_encode", l_hex_encode},
-        {"hex_decode", l_hex_decode},         {NULL, NULL},
+        {"hex_decode", l_hex_decode},         {"equal", l_equal},
+        {NULL, NULL},
     };
     lua_newtable(L);
     luaL_register(L, NULL, fns);
