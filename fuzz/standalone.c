@@ -16,7 +16,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define MAX_INPUT 4096
+#define MAX_INPUT  4096
 #define MAX_CORPUS 256
 
 static uint64_t rng_state;

@@ -64,7 +64,7 @@ function H.spawn(cmd, opts)
     error("cannot spawn " .. cmd[1] .. ": " .. tostring(pid))
   end
   p.handle, p.pid = handle, pid
-  stdout:read_start(function(err, data)
+  stdout:read_start(function(_, data)
     if data then
       p.stdout = p.stdout .. data
     else
@@ -72,7 +72,7 @@ function H.spawn(cmd, opts)
       maybe_done()
     end
   end)
-  stderr:read_start(function(err, data)
+  stderr:read_start(function(_, data)
     if data then
       p.stderr = p.stderr .. data
     else

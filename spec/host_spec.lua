@@ -122,11 +122,11 @@ describe("tunnel host", function()
     local embedded = H.tunnel({ "-e", code }, { env = { TUNNEL_LUA_DEV = "0" } }).stdout
     assert.equal("@lua/tunnel/log.lua\n", embedded)
     -- Another tree (a copy with one module changed) wins over the embedded copy too.
-    local dir = H.tmpdir()
-    os.execute("cp -r lua/tunnel '" .. dir .. "/'")
-    H.write_file(dir .. "/tunnel/pretty.lua", "return { marker = 42 }")
+    local tree = H.tmpdir()
+    os.execute("cp -r lua/tunnel '" .. tree .. "/'")
+    H.write_file(tree .. "/tunnel/pretty.lua", "return { marker = 42 }")
     local other = H.tunnel({ "-e", "print(require('tunnel.pretty').marker)" },
-      { env = { TUNNEL_LUA_DEV = dir } })
+      { env = { TUNNEL_LUA_DEV = tree } })
     assert.equal("42\n", other.stdout)
   end)
 

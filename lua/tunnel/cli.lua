@@ -31,6 +31,35 @@ local function command(p, name, summary, epilog)
   return c
 end
 
+local EXTERNAL = { "server", "client" }
+
+local COMMANDS = {
+  server = { "tunnel.cmd.server", "run",
+    summary = "Serve port forwarding: clients reach allowed TCP/UDP services through it.",
+    epilog = table.concat({
+      "Examples:",
+      "  tunnel server --secret-file server.key --auth-tokens TOKEN \\",
+      "      --allowed-tcp 127.0.0.0/8 --listen 0.0.0.0:4433",
+      "  tunnel server -c ~/.config/tunnel/server.toml",
+      "A protocol with no --allowed-tcp/--allowed-udp entry is refused entirely.",
+    }, "\n") },
+  client = { "tunnel.cmd.client", "run",
+    summary = "Forward a local port to a service that the server can reach.",
+    epilog = table.concat({
+      "Examples:",
+      "  tunnel client --server-node-id ID --server-addr 203.0.113.5:4433 \\",
+      "      --auth-token TOKEN --source tcp://127.0.0.1:22 --target 127.0.0.1:2222",
+      "  tunnel client -c client.toml        several forwards from a config file",
+    }, "\n") },
+  ["generate-server-key"] = { "tunnel.cmd.keys", "generate_server_key" },
+  ["show-server-id"] = { "tunnel.cmd.keys", "show_server_id" },
+  ["generate-token"] = { "tunnel.cmd.keys", "generate_token" },
+  ["generate-nostr-key"] = { "tunnel.cmd.keys", "generate_nostr_key" },
+  ["show-npub"] = { "tunnel.cmd.keys", "show_npub" },
+  ["repl"] = { "tunnel.cmd.repl", "run" },
+  ["attach"] = { "tunnel.cmd.attach", "run" },
+}
+
 local function build_parser()
   local p = argparse("tunnel")
     :description("Peer-to-peer TCP/UDP port forwarding over end-to-end encrypted QUIC, "
@@ -93,7 +122,7 @@ local function build_parser()
   c:option("-n --nsec-file", "File holding an nsec1... or 64-hex secret key."):argname("<file>")
     :count(1)
 
-  c = command(p, "repl", "Interactive Lua prompt on the tunnel runtime.",
+  command(p, "repl", "Interactive Lua prompt on the tunnel runtime.",
     "Line editing and history; an incomplete statement continues on the next line.\n"
       .. "Example:\n  tunnel repl")
 
@@ -105,18 +134,18 @@ local function build_parser()
   c:flag("-l --list", "List running tunnels and exit.")
 
   command(p, "version", "Print the version of tunnel and its libraries.")
+
+  -- Commands whose module describes its own options (configure(c)).
+  for _, name in ipairs(EXTERNAL) do
+    local spec = COMMANDS[name]
+    local ok, mod = pcall(require, spec[1])
+    if ok and mod.configure then
+      local cc = command(p, name, spec.summary, spec.epilog)
+      mod.configure(cc)
+    end
+  end
   return p
 end
-
-local COMMANDS = {
-  ["generate-server-key"] = { "tunnel.cmd.keys", "generate_server_key" },
-  ["show-server-id"] = { "tunnel.cmd.keys", "show_server_id" },
-  ["generate-token"] = { "tunnel.cmd.keys", "generate_token" },
-  ["generate-nostr-key"] = { "tunnel.cmd.keys", "generate_nostr_key" },
-  ["show-npub"] = { "tunnel.cmd.keys", "show_npub" },
-  ["repl"] = { "tunnel.cmd.repl", "run" },
-  ["attach"] = { "tunnel.cmd.attach", "run" },
-}
 
 --- Print the versions table (tunnel version / --version).
 function M.print_version()
@@ -242,7 +271,7 @@ end
 --- Entry point called by the host with argv (argv[0] is the executable).
 -- Returns an exit code when the command is finished, or nil to keep running the event loop.
 function M.main(argv)
-  os.exit = host.exit -- orderly shutdown instead of a bare exit()
+  os.exit = host.exit -- luacheck: ignore 122 (orderly shutdown instead of a bare exit())
   local exe = argv[0]
   local args_list = {}
   for i = 1, #argv do

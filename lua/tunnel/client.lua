@@ -1,0 +1,224 @@
+--- tunnel.client{...}: a port-forwarding client (see docs/api/tunnel.client.md).
+--
+--   local client = assert(tunnel.client {
+--     server_id = "<EndpointId>", server_addr = "203.0.113.5:4433", token = "i...",
+--     forwards = { { source = "tcp://127.0.0.1:22", target = "127.0.0.1:2222" } },
+--     on_ready = function(c) print("up") end,
+--   })
+local core = require "tunnel.core.fwd"
+local keys = require "tunnel.keys"
+local addr = require "tunnel.addr"
+local server_mod = require "tunnel.server"
+local log = require("tunnel.log").group("fwd")
+local uv = require "luv"
+
+local M = {}
+
+local OPTIONS = {
+  server_id = "string", server_addr = "string", token = "string", token_file = "string",
+  secret = "string", secret_file = "string", forwards = "table", source = "string",
+  target = "string", transport = "table", udp_idle_timeout = "number", on_ready = "function",
+  on_closed = "function", on_rejected = "function", on_auth_failed = "function",
+}
+
+local CODE_TEXT = {
+  [1] = "denied", [2] = "session limit", [3] = "bad request", [4] = "connect failed",
+  [5] = "resolve failed", [6] = "rate limited", [7] = "invalid token", [8] = "internal error",
+}
+
+local Client = {}
+Client.__index = Client
+Client.__name = "tunnel.client"
+
+function Client:__tostring()
+  return string.format("tunnel.client(%s)", self.server_id)
+end
+
+--- Resolve "host:port" to an IP (blocking getaddrinfo: used once, at start).
+local function resolve_hostport(s)
+  local hp, err = addr.parse_hostport(s)
+  if not hp then
+    return nil, err
+  end
+  if hp.family then
+    return hp.host, hp.port
+  end
+  local res, gerr = uv.getaddrinfo(hp.host, nil, { socktype = "dgram" })
+  if not res or not res[1] then
+    return nil, "cannot resolve " .. hp.host .. ": " .. tostring(gerr or "no address")
+  end
+  return res[1].addr, hp.port
+end
+
+local function call(fn, ...)
+  if not fn then
+    return
+  end
+  local ok, err = xpcall(fn, debug.traceback, ...)
+  if not ok then
+    log.error("client hook failed: %s", tostring(err))
+  end
+end
+
+local function describe_close(why)
+  if why.err == "ECRYPTO" or why.err == "ETIMEDOUT" then
+    return why.reason
+  end
+  if why.app then
+    local names = { [0] = "closed by the server", [1] = "authentication failed",
+      [2] = "authentication timed out", [3] = "rate limited after failed attempts",
+      [4] = "protocol error", [5] = "the server shut down", [6] = "kicked by the server operator" }
+    local base = names[why.code] or ("closed with code " .. tostring(why.code))
+    if why.local_close then
+      return "closed" .. (why.reason ~= "" and (": " .. why.reason) or "")
+    end
+    return base
+  end
+  return why.reason ~= "" and why.reason or "connection lost"
+end
+M.describe_close = describe_close
+
+--- Create a client and start connecting. Returns the client, or nil and an error message.
+function M.new(opts)
+  server_mod.check_options("tunnel.client", opts, OPTIONS, 2)
+  if not opts.server_id then
+    error("tunnel.client: option 'server_id' (the server's EndpointId) is required", 2)
+  end
+  if not opts.server_addr then
+    error("tunnel.client: option 'server_addr' (host:port) is required", 2)
+  end
+  local server_key, err = keys.parse_endpoint_id(opts.server_id)
+  if not server_key then
+    return nil, "server id: " .. err
+  end
+  local token = opts.token
+  if opts.token and opts.token_file then
+    error("tunnel.client: give token or token_file, not both", 2)
+  end
+  if opts.token_file then
+    token, err = keys.load_token_file(opts.token_file)
+    if not token then
+      return nil, err
+    end
+  end
+  if not token then
+    return nil, "no authentication token: give token or token_file"
+  end
+  local ok, terr = keys.validate_token(token)
+  if not ok then
+    return nil, "auth token: " .. terr
+  end
+  local secret
+  if opts.secret_file then
+    secret, err = keys.load_secret_file(opts.secret_file)
+  elseif opts.secret then
+    secret = #opts.secret == 32 and opts.secret or nil
+    if not secret then
+      secret, err = keys.load_secret(opts.secret)
+    end
+  else
+    secret = keys.generate_secret() -- a fresh identity per run
+  end
+  if not secret then
+    return nil, err
+  end
+  local forwards = {}
+  for _, f in ipairs(opts.forwards or {}) do
+    forwards[#forwards + 1] = f
+  end
+  if opts.source or opts.target then
+    if not (opts.source and opts.target) then
+      error("tunnel.client: source and target go together", 2)
+    end
+    table.insert(forwards, 1, { source = opts.source, target = opts.target })
+  end
+  if #forwards == 0 then
+    return nil, "nothing to forward: give source and target (or forwards)"
+  end
+  local parsed = {}
+  for i, f in ipairs(forwards) do
+    local src, serr = addr.parse_source(f.source)
+    if not src then
+      return nil, string.format("forward %d: %s", i, serr)
+    end
+    local tgt, gerr = addr.parse_hostport(f.target, { allow_zero = true })
+    if not tgt then
+      return nil, string.format("forward %d: target: %s", i, gerr)
+    end
+    local ip = tgt.host
+    if not tgt.family then
+      local res = uv.getaddrinfo(tgt.host, nil, { socktype = "stream" })
+      if not res or not res[1] then
+        return nil, string.format("forward %d: cannot resolve %s", i, tgt.host)
+      end
+      ip = res[1].addr
+    end
+    parsed[i] = { source = src.text, proto = src.proto, ip = ip, port = tgt.port }
+  end
+  local sip, sport = resolve_hostport(opts.server_addr)
+  if not sip then
+    return nil, "server address: " .. sport
+  end
+
+  local self = setmetatable({
+    server_id = keys.format_endpoint_id(server_key), forwards = parsed, on_ready = opts.on_ready,
+    on_closed = opts.on_closed, on_rejected = opts.on_rejected,
+    on_auth_failed = opts.on_auth_failed, server_addr = sip .. ":" .. sport,
+    started = uv.hrtime(),
+  }, Client)
+  local c, cerr = core.client({
+    server_ip = sip, server_port = sport, server_key = server_key, secret = secret,
+    token = token, flow_idle_ms = (opts.udp_idle_timeout or 60) * 1000,
+    quic = server_mod.quic_options(opts.transport),
+    on_event = function(ev)
+      self:_event(ev)
+    end,
+  })
+  if not c then
+    return nil, cerr
+  end
+  self.core = c
+  for i, f in ipairs(parsed) do
+    local idx, aerr = c:add(f.ip, f.port, f.source)
+    if not idx then
+      c:close()
+      return nil, string.format("forward %d (%s): %s", i, f.source, aerr)
+    end
+    f.listen = c:listen_addr(idx)
+  end
+  return self
+end
+
+function Client:_event(ev)
+  if ev.type == "ready" then
+    self.ready = true
+    self.connected_after = (uv.hrtime() - self.started) / 1e6
+    call(self.on_ready, self)
+  elseif ev.type == "auth_failed" then
+    self.auth_error = ev.reason
+    call(self.on_auth_failed, self, ev.reason)
+  elseif ev.type == "rejected" then
+    local f = self.forwards[ev.forward]
+    log.warn("%s refused by the server: %s", f and f.source or "?", ev.reason or "")
+    call(self.on_rejected, self, f, ev.reason, CODE_TEXT[ev.code])
+  elseif ev.type == "closed" then
+    self.closed_why = ev.why
+    call(self.on_closed, self, describe_close(ev.why), ev.why)
+  end
+end
+
+--- Connection statistics: rtt_ms, cwnd, bytes and packets, remote, ready; nil once closed.
+function Client:stats()
+  return self.core:stats()
+end
+
+--- The forwards with the addresses they listen on.
+function Client:list()
+  return self.forwards
+end
+
+function Client:close()
+  self.core:close()
+end
+
+return M

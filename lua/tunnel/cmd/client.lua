@@ -1,0 +1,129 @@
+--- `tunnel client`: forward local ports to a server's sources.
+local config = require "tunnel.config"
+local client = require "tunnel.client"
+local host = require "tunnel.host"
+local log = require "tunnel.log"
+local uv = require "luv"
+
+local M = {}
+
+local function fail(msg)
+  io.stderr:write("tunnel: ", msg, "\n")
+  return 1
+end
+
+function M.configure(c)
+  c:option("-c --config", "TOML config file (see docs/config.md)."):argname("<file>")
+  c:flag("--default-config", "Use " .. "~/.config/tunnel/client.toml" .. ".")
+  c:option("-n --server-node-id", "The server's EndpointId."):argname("<id>")
+  c:option("--server-addr", "The server's UDP address (host:port)."):argname("<host:port>")
+  c:option("-s --source", "What to reach, as the server sees it: tcp://host:port or " ..
+    "udp://host:port."):argname("<url>")
+  c:option("-t --target", "Local address to listen on (host:port)."):argname("<host:port>")
+  c:option("--auth-token", "Authentication token."):argname("<token>")
+  c:option("--auth-token-file", "File holding the token."):argname("<file>")
+end
+
+function M.settings(args)
+  local file = { role = "client", mode = "iroh" }
+  if args.config or args.default_config then
+    local path = args.config or config.default_path("client")
+    local cfg, err = config.load(path, { role = "client", mode = "iroh" })
+    if not cfg then
+      return nil, err
+    end
+    file = cfg
+  end
+  if (args.source == nil) ~= (args.target == nil) then
+    return nil, "--source and --target go together"
+  end
+  if args.auth_token and args.auth_token_file then
+    return nil, "give --auth-token or --auth-token-file, not both"
+  end
+  local cli = { iroh = {
+    server_node_id = args.server_node_id,
+    server_addrs = args.server_addr and { args.server_addr } or nil,
+    request_source = args.source,
+    target = args.target,
+    auth_token = args.auth_token,
+    auth_token_file = args.auth_token_file,
+  } }
+  local merged = config.merge(file, cli)
+  local v, err = config.validate(merged, { role = "client", mode = "iroh", complete = true })
+  if not v then
+    return nil, err
+  end
+  return v.iroh, config.forwards(v)
+end
+
+function M.run(args)
+  local s, forwards = M.settings(args)
+  if not s then
+    return fail(forwards)
+  end
+  if #forwards == 0 then
+    return fail("nothing to forward: give --source and --target (or forwards in the config)")
+  end
+  if not s.server_addrs or #s.server_addrs == 0 then
+    return fail("no address for the server: give --server-addr HOST:PORT (discovery by " ..
+      "EndpointId alone arrives with relay support)")
+  end
+  if not s.auth_token and not s.auth_token_file then
+    return fail("no token: give --auth-token or --auth-token-file")
+  end
+  local status
+  local c, err = client.new({
+    server_id = s.server_node_id,
+    server_addr = s.server_addrs[1],
+    token = s.auth_token,
+    token_file = s.auth_token_file,
+    secret = s.secret,
+    secret_file = s.secret_file,
+    forwards = forwards,
+    transport = s.transport,
+    udp_idle_timeout = s.transport and s.transport.udp_idle_timeout,
+    on_ready = function(cl)
+      local st = cl:stats() or {}
+      log.info("connected to %s at %s (direct, rtt %.1f ms, %s; ready after %.0f ms)",
+        cl.server_id, st.remote or cl.server_addr, st.rtt_ms or 0, st.cipher or "?",
+        cl.connected_after or 0)
+      for _, f in ipairs(cl:list()) do
+        log.info("forwarding %s %s -> %s", f.proto, f.listen or "?", f.source)
+      end
+    end,
+    on_auth_failed = function(_, reason)
+      status = "authentication failed: " .. tostring(reason) ..
+        " (check --auth-token; the server operator can list valid tokens)"
+    end,
+    on_closed = function(cl, why)
+      if not status then
+        if cl.ready then
+          status = "connection to the server ended: " .. why
+        else
+          status = "cannot connect to " .. cl.server_addr .. ": " .. why
+        end
+      end
+      io.stderr:write("tunnel: ", status, "\n")
+      host.stop(1)
+    end,
+  })
+  if not c then
+    return fail(err)
+  end
+  local ok, repl = pcall(require, "tunnel.repl")
+  if ok then
+    repl.add_stats("client", function()
+      return c:stats()
+    end)
+  end
+  local ctl_ok, ctl = pcall(require, "tunnel.ctl")
+  if ctl_ok then
+    local cs, cerr = ctl.listen({ name = args.name or ("client-" .. uv.os_getpid()) })
+    if not cs then
+      log.warn("control socket not started: %s", tostring(cerr))
+    end
+  end
+  return nil
+end
+
+return M

@@ -1,0 +1,132 @@
+--- `tunnel server`: the port-forwarding server (iroh mode flags; direct addresses for now).
+local config = require "tunnel.config"
+local server = require "tunnel.server"
+local log = require "tunnel.log"
+local uv = require "luv"
+
+local M = {}
+
+local function fail(msg)
+  io.stderr:write("tunnel: ", msg, "\n")
+  return 1
+end
+
+--- argparse setup for the `server` command (called by tunnel.cli).
+function M.configure(c)
+  c:option("-c --config", "TOML config file (see docs/config.md)."):argname("<file>")
+  c:flag("--default-config", "Use " .. "~/.config/tunnel/server.toml" .. ".")
+  c:option("--listen", "UDP address to listen on (default 0.0.0.0:4433)."):argname("<addr:port>")
+  c:option("--allowed-tcp", "Network clients may reach over TCP (repeatable).")
+    :argname("<cidr>"):count("*")
+  c:option("--allowed-udp", "Network clients may reach over UDP (repeatable).")
+    :argname("<cidr>"):count("*")
+  c:option("--auth-tokens", "Token clients may authenticate with (repeatable).")
+    :argname("<token>"):count("*")
+  c:option("--auth-tokens-file", "File with one token per line."):argname("<file>")
+  c:option("--max-sessions", "Concurrent forwarded connections and UDP flows (default 100; 0: " ..
+    "no limit)."):argname("<n>"):convert(tonumber)
+  c:option("--secret-file", "Secret key file (tunnel generate-server-key)."):argname("<file>")
+  c:option("--secret", "Secret key, base64 (prefer --secret-file)."):argname("<base64>")
+end
+
+local function nonempty(list)
+  return list and #list > 0 and list or nil
+end
+
+--- Build the validated iroh section from the config file and the command line.
+function M.settings(args)
+  local file = { role = "server", mode = "iroh" }
+  if args.config or args.default_config then
+    local path = args.config or config.default_path("server")
+    local cfg, err = config.load(path, { role = "server", mode = "iroh" })
+    if not cfg then
+      return nil, err
+    end
+    file = cfg
+  end
+  local cli = { iroh = {
+    bind_addr = args.listen,
+    secret = args.secret,
+    secret_file = args.secret_file,
+    auth_tokens = nonempty(args.auth_tokens),
+    auth_tokens_file = args.auth_tokens_file,
+    max_sessions = args.max_sessions,
+    allowed_sources = { tcp = nonempty(args.allowed_tcp), udp = nonempty(args.allowed_udp) },
+  } }
+  local merged = config.merge(file, cli)
+  local v, err = config.validate(merged, { role = "server", mode = "iroh", complete = true })
+  if not v then
+    return nil, err
+  end
+  return v.iroh
+end
+
+local function register_repl(srv)
+  local ok, repl = pcall(require, "tunnel.repl")
+  if not ok then
+    return
+  end
+  repl.add_helper("sessions", function()
+    return srv:sessions()
+  end, "sessions(): live client sessions with their counters")
+  repl.add_helper("kick", function(id, reason)
+    return srv:kick(id, reason)
+  end, "kick(id[, reason]): close a session")
+  repl.add_helper("allowed", function(proto, list)
+    if list then
+      assert(srv:set_allowed(proto, list))
+    end
+    return srv:allowed_list(proto)
+  end, "allowed(proto[, list]): show or replace the tcp/udp allow-list")
+  repl.add_helper("max_sessions", function(n)
+    srv:set_max_sessions(n)
+    return n
+  end, "max_sessions(n): change the limit of concurrent connections and flows")
+  repl.add_stats("server", function()
+    return srv:stats()
+  end)
+end
+
+function M.run(args)
+  local s, err = M.settings(args)
+  if not s then
+    return fail(err)
+  end
+  local srv, serr = server.new({
+    listen = s.bind_addr or "0.0.0.0:4433",
+    secret = s.secret,
+    secret_file = s.secret_file,
+    tokens = s.auth_tokens,
+    tokens_file = s.auth_tokens_file,
+    allowed_tcp = s.allowed_sources and s.allowed_sources.tcp or {},
+    allowed_udp = s.allowed_sources and s.allowed_sources.udp or {},
+    max_sessions = s.max_sessions,
+    transport = s.transport,
+    udp_idle_timeout = s.transport and s.transport.udp_idle_timeout,
+  })
+  if not srv then
+    return fail(serr)
+  end
+  local addr, port = srv:address()
+  local tcp, udp = srv:allowed_list("tcp"), srv:allowed_list("udp")
+  log.info("server listening on %s (UDP)", addr)
+  log.info("EndpointId: %s", srv.endpoint_id)
+  log.info("allowed: tcp %s; udp %s", #tcp > 0 and table.concat(tcp, ", ") or "none",
+    #udp > 0 and table.concat(udp, ", ") or "none")
+  io.stdout:write(string.format("EndpointId: %s\nListening: %s\n", srv.endpoint_id, addr))
+  io.stdout:write(string.format("Connect with: tunnel client --server-node-id %s " ..
+    "--server-addr <this-host>:%d --auth-token <token> --source tcp://HOST:PORT " ..
+    "--target 127.0.0.1:PORT\n", srv.endpoint_id, port))
+  io.stdout:flush()
+  register_repl(srv)
+  local ctl_ok, ctl = pcall(require, "tunnel.ctl")
+  if ctl_ok then
+    local c, cerr = ctl.listen({ name = args.name or ("server-" .. uv.os_getpid()) })
+    if not c then
+      log.warn("control socket not started: %s", tostring(cerr))
+    end
+  end
+  return nil
+end
+
+return M

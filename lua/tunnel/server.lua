@@ -1,0 +1,435 @@
+--- tunnel.server{...}: a port-forwarding server (see docs/api/tunnel.server.md).
+--
+--   local tunnel = require "tunnel"
+--   local srv = assert(tunnel.server {
+--     listen = "0.0.0.0:4433", secret_file = "server.key", tokens = { "i..." },
+--     allowed_tcp = { "127.0.0.0/8" },
+--     on_request = function(req) return req.port ~= 25, "no mail" end,
+--   })
+local core = require "tunnel.core.fwd"
+local ckeys = require "tunnel.core.keys"
+local keys = require "tunnel.keys"
+local addr = require "tunnel.addr"
+local policy = require "tunnel.policy"
+local log = require("tunnel.log").group("auth")
+local flog = require("tunnel.log").group("fwd")
+local uv = require "luv"
+
+local M = {}
+
+-- Codes of the wire protocol (docs/protocol.md).
+M.CODE = { DENIED = 1, LIMIT = 2, BAD_REQUEST = 3, CONNECT = 4, RESOLVE = 5, RATE_LIMITED = 6,
+  BAD_TOKEN = 7, INTERNAL = 8 }
+M.CLOSE = { DONE = 0, AUTH_FAILED = 1, AUTH_TIMEOUT = 2, RATE_LIMITED = 3, PROTOCOL = 4,
+  SHUTDOWN = 5, KICKED = 6 }
+
+local CC = { bbr = 0, cubic = 1, reno = 2, newreno = 2, new_reno = 2 }
+
+local OPTIONS = {
+  listen = "string", secret = "string", secret_file = "string", tokens = "table",
+  tokens_file = "string", allowed_tcp = "table", allowed_udp = "table", max_sessions = "number",
+  on_auth = "function", on_request = "function", on_session = "function",
+  on_session_closed = "function", on_connection_closed = "function", transport = "table",
+  auth_timeout = "number", udp_idle_timeout = "number", name = "string",
+}
+
+--- Check an option table against `known` (name -> type); misuse raises at the caller's line.
+local function check_options(what, opts, known, level)
+  if type(opts) ~= "table" then
+    error(what .. " expects an option table", level + 1)
+  end
+  for k, v in pairs(opts) do
+    local want = known[k]
+    if not want then
+      local names = {}
+      for n in pairs(known) do
+        names[#names + 1] = n
+      end
+      table.sort(names)
+      error(string.format("%s: unknown option '%s' (known: %s)", what, tostring(k),
+        table.concat(names, ", ")), level + 1)
+    end
+    if type(v) ~= want then
+      error(string.format("%s: option '%s' must be a %s, got %s", what, k, want, type(v)),
+        level + 1)
+    end
+  end
+end
+M.check_options = check_options
+
+--- QUIC settings from a [transport] table (docs/config.md).
+function M.quic_options(t)
+  t = t or {}
+  local q = {}
+  if t.congestion_controller then
+    q.cc = CC[t.congestion_controller]
+  end
+  if t.receive_window then
+    q.max_stream_window = t.receive_window
+    q.max_conn_window = t.receive_window * 2
+  end
+  if t.send_window then
+    q.stream_send_buffer = t.send_window
+  end
+  if t.idle_timeout then
+    q.idle_timeout_ms = t.idle_timeout * 1000
+  end
+  if t.keep_alive_interval then
+    q.keepalive_ms = t.keep_alive_interval * 1000
+  end
+  return q
+end
+
+local function endpoint_text(key)
+  return key and ckeys.endpoint_id(key) or "?"
+end
+
+-- Failed authentications are limited per token and in total, so guessing is slow and a flood
+-- of bad attempts cannot keep the server busy.
+local RATE_WINDOW, PER_TOKEN, GLOBAL = 60, 5, 30
+
+local function rate_limiter()
+  local per, all = {}, {}
+  local function prune(list, now)
+    while list[1] and now - list[1] > RATE_WINDOW do
+      table.remove(list, 1)
+    end
+  end
+  local r = {}
+  function r.limited(token)
+    local now = uv.now() / 1000
+    prune(all, now)
+    local p = per[token]
+    if p then
+      prune(p, now)
+    end
+    return #all >= GLOBAL or (p ~= nil and #p >= PER_TOKEN)
+  end
+  function r.failed(token)
+    local now = uv.now() / 1000
+    all[#all + 1] = now
+    local p = per[token]
+    if not p then
+      -- Bound memory: keys are attacker-chosen strings.
+      local n = 0
+      for _ in pairs(per) do
+        n = n + 1
+      end
+      if n > 1000 then
+        per = {}
+      end
+      p = {}
+      per[token] = p
+    end
+    p[#p + 1] = now
+  end
+  return r
+end
+
+-- Call a user hook; an error or a nonsense answer denies (fails closed) and is logged.
+local function call_hook(name, fn, arg)
+  local ok, a, b = xpcall(fn, debug.traceback, arg)
+  if not ok then
+    log.error("%s hook failed (denying): %s", name, tostring(a))
+    return false, "denied by server policy (hook error)"
+  end
+  return a, b
+end
+
+local Server = {}
+Server.__index = Server
+Server.__name = "tunnel.server"
+
+function Server:__tostring()
+  return string.format("tunnel.server(%s %s)", self.endpoint_id, self.address_text or "?")
+end
+
+local function auth_event(self, ev)
+  local core_srv = self.core
+  local sess = core_srv:session(ev.session)
+  local remote = sess and sess.remote or "?"
+  local token = ev.token
+  if self.limiter.limited(token) then
+    log.warn("session %d from %s: too many failed attempts, refusing", ev.session, remote)
+    core_srv:auth(ev.session, false, M.CODE.RATE_LIMITED,
+      "too many failed attempts; wait a minute and check your token", M.CLOSE.RATE_LIMITED)
+    return
+  end
+  -- Compare against every configured token without stopping at a match.
+  local match = false
+  for _, t in ipairs(self.tokens) do
+    if ckeys.equal(t, token) then
+      match = true
+    end
+  end
+  local reason = "invalid authentication token"
+  local ok = match
+  if self.on_auth then
+    local info = { session = ev.session, remote = remote, token_valid = match,
+      client_id = sess and endpoint_text(sess.peer_key), token = token }
+    local a, why = call_hook("on_auth", self.on_auth, info)
+    if a == true then
+      ok = true
+    elseif a == false or a == nil then
+      ok = false
+      reason = why or (match and "denied by server policy" or reason)
+    else
+      log.error("on_auth returned %s (expected true, or nil and a reason): denying", type(a))
+      ok = false
+    end
+  end
+  if ok then
+    log.info("session %d from %s authenticated (client %s)", ev.session, remote,
+      sess and endpoint_text(sess.peer_key) or "?")
+    core_srv:auth(ev.session, true)
+  else
+    self.limiter.failed(token)
+    log.warn("session %d from %s: authentication failed: %s", ev.session, remote, reason)
+    core_srv:auth(ev.session, false, M.CODE.BAD_TOKEN, reason, M.CLOSE.AUTH_FAILED)
+  end
+end
+
+local function request_event(self, ev)
+  local core_srv = self.core
+  local hostport = ev.host:find(":", 1, true) and ("[" .. ev.host .. "]:" .. ev.port)
+    or (ev.host .. ":" .. ev.port)
+  local src = ev.proto .. "://" .. hostport
+  local function reject(code, reason)
+    flog.info("session %d: %s refused: %s", ev.session, src, reason)
+    core_srv:reject(ev.session, ev.stream, code, reason)
+  end
+  local req = { session = ev.session, proto = ev.proto, host = ev.host, port = ev.port,
+    source = src }
+  if self.on_request then
+    local a, why = call_hook("on_request", self.on_request, req)
+    if a == false or a == nil then
+      return reject(M.CODE.DENIED, why or "denied by server policy")
+    elseif type(a) == "table" then
+      -- A rewrite: the hook names another host and/or port (still subject to the allow-list).
+      req.host = a.host or req.host
+      req.port = a.port or req.port
+    elseif a ~= true then
+      log.error("on_request returned %s: denying", type(a))
+      return reject(M.CODE.DENIED, "denied by server policy")
+    end
+  end
+  local allow = self.allowed[ev.proto]
+  if #allow == 0 then
+    return reject(M.CODE.DENIED, string.format("%s forwarding is not allowed on this server",
+      ev.proto:upper()))
+  end
+  policy.resolve(req.host, ev.proto, function(ips, err)
+    if core_srv:closed() then
+      return
+    end
+    if not ips then
+      return reject(M.CODE.RESOLVE, err)
+    end
+    local ok_ips = {}
+    for _, ip in ipairs(ips) do
+      if policy.allowed(allow, ip) then
+        ok_ips[#ok_ips + 1] = ip
+      end
+    end
+    if #ok_ips == 0 then
+      return reject(M.CODE.DENIED, string.format("%s (resolved to %s) is not in the allowed " ..
+        "networks (%s)", src, table.concat(ips, ", "), policy.describe(allow)))
+    end
+    local list = {}
+    for _, ip in ipairs(policy.order(ok_ips)) do
+      list[#list + 1] = { ip, req.port }
+    end
+    flog.debug("session %d: %s allowed, connecting to %s", ev.session, src,
+      table.concat(policy.order(ok_ips), ", "))
+    core_srv:accept(ev.session, ev.stream, list)
+  end)
+end
+
+local function on_event(self, ev)
+  local t = ev.type
+  if t == "auth" then
+    auth_event(self, ev)
+  elseif t == "request" then
+    request_event(self, ev)
+  elseif t == "session" then
+    local s = self.core:session(ev.session)
+    flog.debug("session %d: handshake done with %s", ev.session, s and s.remote or "?")
+    if self.on_session then
+      call_hook("on_session", self.on_session, s or { id = ev.session })
+    end
+  elseif t == "refused" then
+    flog.info("session %d: %s://%s:%d refused by the server (code %d)", ev.session, ev.proto,
+      ev.host, ev.port, ev.code)
+  elseif t == "chan_closed" then
+    flog.debug("session %d: %s to %s closed (%d bytes up, %d down%s)", ev.session, ev.proto,
+      ev.target, ev.up, ev.down, ev.reset and ", reset" or "")
+    if self.on_connection_closed then
+      call_hook("on_connection_closed", self.on_connection_closed, ev)
+    end
+  elseif t == "session_closed" then
+    local w = ev.why
+    flog.info("session %d closed %s%s", ev.session,
+      w.local_close and "by the server" or "by the client",
+      w.reason ~= "" and (": " .. w.reason) or "")
+    if self.on_session_closed then
+      call_hook("on_session_closed", self.on_session_closed, ev)
+    end
+  end
+end
+
+local function load_tokens(opts)
+  local list = {}
+  for _, t in ipairs(opts.tokens or {}) do
+    local ok, err = keys.validate_token(t)
+    if not ok then
+      return nil, "auth token: " .. err
+    end
+    list[#list + 1] = t
+  end
+  if opts.tokens_file then
+    local more, err = keys.load_tokens_file(opts.tokens_file)
+    if not more then
+      return nil, err
+    end
+    for _, t in ipairs(more) do
+      list[#list + 1] = t
+    end
+  end
+  return list
+end
+
+--- Create and start a server. Returns the server, or nil and an error message.
+function M.new(opts)
+  check_options("tunnel.server", opts, OPTIONS, 2)
+  local secret, err
+  if opts.secret and opts.secret_file then
+    error("tunnel.server: give secret or secret_file, not both", 2)
+  end
+  if opts.secret then
+    secret = #opts.secret == 32 and opts.secret or nil
+    if not secret then
+      secret, err = keys.load_secret(opts.secret)
+    end
+  elseif opts.secret_file then
+    secret, err = keys.load_secret_file(opts.secret_file)
+  else
+    secret = keys.generate_secret() -- an ephemeral identity: fine for tests and one-offs
+  end
+  if not secret then
+    return nil, err
+  end
+  local tokens, terr = load_tokens(opts)
+  if not tokens then
+    return nil, terr
+  end
+  if #tokens == 0 and not opts.on_auth then
+    return nil, "no authentication tokens: give at least one (tunnel generate-token) or an " ..
+      "on_auth hook"
+  end
+  local allowed = {}
+  for _, proto in ipairs({ "tcp", "udp" }) do
+    local c, cerr = policy.compile(opts["allowed_" .. proto])
+    if not c then
+      return nil, "allowed_" .. proto .. ": " .. cerr
+    end
+    allowed[proto] = c
+  end
+  local hp, herr = addr.parse_hostport(opts.listen or "0.0.0.0:0", { allow_zero = true })
+  if not hp then
+    return nil, "listen: " .. herr
+  end
+  if not hp.family then
+    return nil, "listen: use an IP address (e.g. 0.0.0.0:4433 or [::]:4433), not a name"
+  end
+  local self = setmetatable({
+    tokens = tokens, allowed = allowed, limiter = rate_limiter(),
+    on_auth = opts.on_auth, on_request = opts.on_request, on_session = opts.on_session,
+    on_session_closed = opts.on_session_closed, on_connection_closed = opts.on_connection_closed,
+    endpoint_id = keys.endpoint_id(secret), public_key = keys.public_key(secret),
+  }, Server)
+  local max = opts.max_sessions or 100
+  local srv, cerr = core.server({
+    ip = hp.host, port = hp.port, secret = secret,
+    max_active = max == 0 and 0xffffffff or max,
+    auth_timeout_ms = (opts.auth_timeout or 10) * 1000,
+    flow_idle_ms = (opts.udp_idle_timeout or 60) * 1000,
+    quic = M.quic_options(opts.transport),
+    on_event = function(ev)
+      on_event(self, ev)
+    end,
+  })
+  if not srv then
+    return nil, cerr
+  end
+  self.core = srv
+  local ip, port = srv:local_addr()
+  self.address_text, self.port = ip, port
+  return self
+end
+
+--- "ip:port" the server listens on, and the port.
+function Server:address()
+  return self.address_text, self.port
+end
+
+--- Live sessions: a list of tables (id, remote, client_id, authenticated, streams, up, down,
+-- quic = {rtt_ms, cwnd, ...}).
+function Server:sessions()
+  local list = self.core:sessions()
+  for _, s in ipairs(list) do
+    s.client_id = s.peer_key and endpoint_text(s.peer_key) or nil
+    s.peer_key = nil
+  end
+  table.sort(list, function(a, b)
+    return a.id < b.id
+  end)
+  return list
+end
+
+--- Close session `id` (the client sees "kicked"). Returns true if it existed.
+function Server:kick(id, reason)
+  local ok = self.core:kick(id, reason)
+  if ok then
+    flog.info("session %d kicked%s", id, reason and (": " .. reason) or "")
+  end
+  return ok
+end
+
+--- Replace the allow-list of "tcp" or "udp". Returns true or nil, err.
+function Server:set_allowed(proto, list)
+  if proto ~= "tcp" and proto ~= "udp" then
+    error("set_allowed: protocol must be 'tcp' or 'udp'", 2)
+  end
+  local c, err = policy.compile(list)
+  if not c then
+    return nil, err
+  end
+  self.allowed[proto] = c
+  return true
+end
+
+function Server:allowed_list(proto)
+  local out = {}
+  for _, c in ipairs(self.allowed[proto] or {}) do
+    out[#out + 1] = c.text
+  end
+  return out
+end
+
+--- Change the limit on concurrent connections and flows (0: no limit).
+function Server:set_max_sessions(n)
+  self.core:set_max_active(n == 0 and 0xffffffff or n)
+end
+
+--- Counters: sessions, active connections and flows.
+function Server:stats()
+  return { sessions = #self.core:sessions(), active = self.core:active(),
+    endpoint_id = self.endpoint_id, listen = self.address_text }
+end
+
+--- Stop: closes every session (they see "shutdown") and the socket.
+function Server:close()
+  self.core:close()
+end
+
+return M

@@ -1,0 +1,51 @@
+/*
+ * The port-forwarding client: one QUIC connection to the server, authenticated once, and any
+ * number of local TCP/UDP listeners whose connections and flows become streams.
+ */
+#ifndef TUN_FWD_CLIENT_H
+#define TUN_FWD_CLIENT_H
+
+#include "quic/quic.h"
+
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+struct tun_fwd_client;
+
+struct tun_fwd_client_cbs {
+    /* The server accepted our token; forwards now carry traffic. */
+    void (*on_ready)(struct tun_fwd_client *c, void *ud);
+    /* The server refused our token (the connection closes next). */
+    void (*on_auth_failed)(struct tun_fwd_client *c, int code, const char *reason, void *ud);
+    /* The server refused one connection or flow of forward `fwd`. */
+    void (*on_rejected)(struct tun_fwd_client *c, int fwd, int code, const char *reason, void *ud);
+    /* The connection ended; the client can only be closed now. */
+    void (*on_closed)(struct tun_fwd_client *c, const struct tun_qclose_info *why, void *ud);
+};
+
+struct tun_fwd_client_config {
+    struct tun_quic_config quic;
+    uint64_t flow_idle_ms;
+};
+
+void tun_fwd_client_config_default(struct tun_fwd_client_config *cfg);
+
+/* Connect to `server`, pinning `server_key`; authenticate with `token`. `secret` is the
+ * client's own Ed25519 seed (fresh per run unless configured). */
+int tun_fwd_client_new(uv_loop_t *loop, const struct sockaddr *server, const uint8_t server_key[32],
+                       const uint8_t secret[32], const char *token,
+                       const struct tun_fwd_client_config *cfg,
+                       const struct tun_fwd_client_cbs *cbs, void *ud, struct tun_fwd_client **out);
+/* Listen on `listen` (TCP or UDP) and forward to `source` ("tcp://host:port" or
+ * "udp://host:port", as the server sees it). Returns the forward's index or a negative
+ * error (e.g. UV_EADDRINUSE). */
+int tun_fwd_client_add(struct tun_fwd_client *c, const struct sockaddr *listen, const char *source);
+int tun_fwd_client_listen_addr(struct tun_fwd_client *c, int fwd, struct sockaddr_storage *ss);
+void tun_fwd_client_close(struct tun_fwd_client *c, void (*closed)(void *ud), void *ud);
+int tun_fwd_client_ready(struct tun_fwd_client *c);
+/* Connection statistics and the server's address; returns TUN_ECLOSED once it is gone. */
+int tun_fwd_client_stats(struct tun_fwd_client *c, struct tun_qconn_stats *st,
+                         struct sockaddr_storage *remote);
+
+#endif

@@ -1,0 +1,276 @@
+#include "fwd/splice.h"
+#include "proto/msg.h"
+#include "util/error.h"
+#include "util/log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Bytes from QUIC that the TCP socket did not take at once wait here, in arrival order. */
+struct wbuf {
+    uv_write_t req;
+    struct tun_splice *sp;
+    size_t len;
+    uint8_t data[];
+};
+
+struct tun_splice {
+    uv_tcp_t *tcp;
+    struct tun_qstream *s;
+    tun_splice_done_cb done;
+    void *ud;
+    uint64_t up, down;
+    size_t queued; /* bytes in uv_write requests not yet completed */
+    unsigned reading : 1, tcp_eof : 1, quic_fin : 1, tcp_shutdown : 1, stream_closed : 1,
+        tcp_closing : 1, reset : 1, finished : 1;
+    uv_shutdown_t shut;
+};
+
+/* TCP reads are copied into the stream's send buffer right away, so one read buffer serves
+ * every connection: an idle connection costs no read buffer at all. */
+static uint8_t read_buf[65536];
+
+static void maybe_finish(struct tun_splice *sp);
+
+static void tcp_closed_cb(uv_handle_t *h)
+{
+    struct tun_splice *sp = h->data;
+    free(h);
+    sp->tcp = NULL;
+    maybe_finish(sp);
+}
+
+static void close_tcp(struct tun_splice *sp, int reset)
+{
+    if (sp->tcp_closing || !sp->tcp)
+        return;
+    sp->tcp_closing = 1;
+    if (reset && uv_tcp_close_reset(sp->tcp, tcp_closed_cb) == 0)
+        return;
+    uv_close((uv_handle_t *)sp->tcp, tcp_closed_cb);
+}
+
+static void maybe_finish(struct tun_splice *sp)
+{
+    if (sp->finished)
+        return;
+    /* Everything is over once the stream is gone and the TCP handle is closed. */
+    if (sp->stream_closed && sp->tcp == NULL) {
+        sp->finished = 1;
+        if (sp->done)
+            sp->done(sp, sp->up, sp->down, sp->reset, sp->ud);
+        free(sp);
+        return;
+    }
+    /* Both directions finished cleanly: close the TCP side. */
+    if (sp->tcp && !sp->tcp_closing && sp->tcp_eof && sp->tcp_shutdown && sp->queued == 0)
+        close_tcp(sp, 0);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    (void)h;
+    (void)hint;
+    buf->base = (char *)read_buf;
+    buf->len = sizeof(read_buf);
+}
+
+static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
+{
+    struct tun_splice *sp = st->data;
+    if (n > 0) {
+        sp->up += (uint64_t)n;
+        if (sp->stream_closed)
+            return;
+        int full = tun_qstream_write(sp->s, (const uint8_t *)buf->base, (size_t)n);
+        if (full == 1 && sp->reading) {
+            /* Backpressure: stop reading TCP until QUIC has sent (and the peer acked) half. */
+            uv_read_stop(st);
+            sp->reading = 0;
+        }
+        return;
+    }
+    if (n == 0)
+        return;
+    uv_read_stop(st);
+    sp->reading = 0;
+    if (n == UV_EOF) {
+        sp->tcp_eof = 1;
+        if (!sp->stream_closed)
+            tun_qstream_finish(sp->s); /* half-close: the other direction stays open */
+        maybe_finish(sp);
+        return;
+    }
+    /* ECONNRESET and friends: carry the reset across. */
+    tun_log_debug(FWD, "stream %lld: TCP read: %s", (long long)tun_qstream_id(sp->s),
+                  uv_strerror((int)n));
+    sp->reset = 1;
+    sp->tcp_eof = 1;
+    if (!sp->stream_closed)
+        tun_qstream_reset(sp->s, TUN_RESET_TCP);
+    close_tcp(sp, 0);
+}
+
+static void start_reading(struct tun_splice *sp)
+{
+    if (sp->reading || sp->tcp_eof || sp->tcp_closing || !sp->tcp)
+        return;
+    if (uv_read_start((uv_stream_t *)sp->tcp, alloc_cb, read_cb) == 0)
+        sp->reading = 1;
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status)
+{
+    struct tun_splice *sp = req->data;
+    (void)status;
+    sp->tcp_shutdown = 1;
+    maybe_finish(sp);
+}
+
+static void send_tcp_fin(struct tun_splice *sp)
+{
+    if (!sp->quic_fin || sp->queued || sp->tcp_shutdown || sp->tcp_closing || !sp->tcp)
+        return;
+    sp->shut.data = sp;
+    if (uv_shutdown(&sp->shut, (uv_stream_t *)sp->tcp, shutdown_cb) != 0) {
+        sp->tcp_shutdown = 1;
+        maybe_finish(sp);
+    }
+}
+
+static void write_cb(uv_write_t *req, int status)
+{
+    struct wbuf *w = req->data;
+    struct tun_splice *sp = w->sp;
+    sp->queued -= w->len;
+    /* Flow control: the peer may send more only once the bytes reached the TCP socket. */
+    if (!sp->stream_closed)
+        tun_qstream_consume(sp->s, w->len);
+    free(w);
+    if (status < 0 && !sp->tcp_closing) {
+        sp->reset = 1;
+        if (!sp->stream_closed)
+            tun_qstream_reset(sp->s, TUN_RESET_TCP);
+        close_tcp(sp, 0);
+        return;
+    }
+    send_tcp_fin(sp);
+    maybe_finish(sp);
+}
+
+static void on_data(struct tun_qstream *s, const uint8_t *data, size_t len, void *ud)
+{
+    struct tun_splice *sp = ud;
+    if (!sp->tcp || sp->tcp_closing) {
+        tun_qstream_consume(s, len);
+        return;
+    }
+    sp->down += len;
+    size_t off = 0;
+    if (sp->queued == 0) {
+        /* Usually the socket takes it all at once: no copy, no allocation. */
+        uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+        int n = uv_try_write((uv_stream_t *)sp->tcp, &b, 1);
+        if (n > 0) {
+            off = (size_t)n;
+            tun_qstream_consume(s, off);
+        }
+    }
+    if (off == len)
+        return;
+    struct wbuf *w = malloc(sizeof(*w) + len - off);
+    if (!w) {
+        tun_splice_abort(sp);
+        return;
+    }
+    w->sp = sp;
+    w->len = len - off;
+    memcpy(w->data, data + off, w->len);
+    w->req.data = w;
+    uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
+    if (uv_write(&w->req, (uv_stream_t *)sp->tcp, &b, 1, write_cb) != 0) {
+        free(w);
+        tun_splice_abort(sp);
+        return;
+    }
+    sp->queued += w->len;
+}
+
+static void on_fin(struct tun_qstream *s, void *ud)
+{
+    (void)s;
+    struct tun_splice *sp = ud;
+    sp->quic_fin = 1;
+    send_tcp_fin(sp);
+}
+
+static void on_reset(struct tun_qstream *s, uint64_t code, void *ud)
+{
+    (void)s;
+    struct tun_splice *sp = ud;
+    tun_log_debug(FWD, "stream %lld: reset by peer (code %llu)", (long long)tun_qstream_id(s),
+                  (unsigned long long)code);
+    sp->reset = 1;
+    sp->tcp_eof = 1;
+    tun_qstream_reset(s, TUN_RESET_CLOSED);
+    close_tcp(sp, code == TUN_RESET_TCP);
+}
+
+static void on_writable(struct tun_qstream *s, void *ud)
+{
+    (void)s;
+    start_reading(ud);
+}
+
+static void on_close(struct tun_qstream *s, void *ud)
+{
+    (void)s;
+    struct tun_splice *sp = ud;
+    sp->stream_closed = 1;
+    sp->s = NULL;
+    /* A stream that ends before both directions finished means the connection was lost or
+     * aborted: reset the TCP side so the application notices. After a clean finish the TCP
+     * side closes by itself once its queued bytes and FIN are out. */
+    if (sp->tcp && !sp->tcp_closing && !(sp->tcp_eof && sp->quic_fin)) {
+        sp->reset = 1;
+        close_tcp(sp, 1);
+    }
+    maybe_finish(sp);
+}
+
+int tun_splice_start(uv_tcp_t *tcp, struct tun_qstream *s, const uint8_t *pending, size_t npending,
+                     tun_splice_done_cb done, void *ud, struct tun_splice **out)
+{
+    struct tun_splice *sp = calloc(1, sizeof(*sp));
+    if (!sp)
+        return TUN_ENOMEM;
+    sp->tcp = tcp;
+    sp->s = s;
+    sp->done = done;
+    sp->ud = ud;
+    tcp->data = sp;
+    uv_tcp_nodelay(tcp, 1);
+    struct tun_qstream_cbs cbs = {
+        .on_data = on_data,
+        .on_fin = on_fin,
+        .on_reset = on_reset,
+        .on_writable = on_writable,
+        .on_close = on_close,
+    };
+    tun_qstream_set_cbs(s, &cbs, sp);
+    if (npending)
+        on_data(s, pending, npending, sp);
+    start_reading(sp);
+    if (out)
+        *out = sp;
+    return 0;
+}
+
+void tun_splice_abort(struct tun_splice *sp)
+{
+    sp->reset = 1;
+    sp->tcp_eof = 1;
+    if (!sp->stream_closed && sp->s)
+        tun_qstream_reset(sp->s, TUN_RESET_CLOSED);
+    close_tcp(sp, 1);
+}

@@ -1,0 +1,902 @@
+/*
+ * tunnel.core.fwd: port-forwarding servers and clients as Lua objects.
+ *
+ * Events from the C layers (which may arrive inside packet processing) are queued and
+ * delivered to the object's Lua `on_event` function from an idle callback, so Lua never runs
+ * inside ngtcp2 or GnuTLS. Lua answers through methods that name sessions and streams by id.
+ */
+#include "lua/modules.h"
+
+#include "fwd/client.h"
+#include "fwd/server.h"
+#include "host/host.h"
+#include "lua/state.h"
+#include "util/error.h"
+#include "util/log.h"
+
+#include <lauxlib.h>
+#include <luv/luv.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SERVER_MT "tunnel.server"
+#define CLIENT_MT "tunnel.client"
+
+enum ev_type {
+    EV_SESSION,
+    EV_AUTH,
+    EV_REQUEST,
+    EV_REFUSED,
+    EV_CHAN_CLOSED,
+    EV_SESSION_CLOSED,
+    EV_READY,
+    EV_AUTH_FAILED,
+    EV_REJECTED,
+    EV_CLOSED,
+};
+
+static const char *const ev_names[] = {
+    "session",        "auth",  "request",     "refused",  "chan_closed",
+    "session_closed", "ready", "auth_failed", "rejected", "closed",
+};
+
+struct lev {
+    struct lev *next;
+    enum ev_type type;
+    uint64_t session;
+    int64_t stream;
+    int udp, code, fwd;
+    uint16_t port;
+    char *text; /* token, host or reason */
+    size_t textlen;
+    struct tun_qclose_info why;
+    struct tun_fwd_chan_info chan;
+};
+
+struct lobj {
+    int is_server;
+    lua_State *L;
+    int self_ref, cb_ref;
+    uv_idle_t idle;
+    int idle_active;
+    struct lev *head, *tail;
+    struct tun_fwd_server *srv;
+    struct tun_fwd_client *cli;
+    int closing, closed;
+    struct lobj *next, *prev;
+};
+
+static struct lobj *all_objs;
+static int closer_registered;
+
+/* ---- event queue -------------------------------------------------------------------------- */
+
+static void deliver_cb(uv_idle_t *h);
+
+static struct lev *ev_new(struct lobj *o, enum ev_type type)
+{
+    struct lev *e = calloc(1, sizeof(*e));
+    if (!e)
+        return NULL;
+    e->type = type;
+    if (o->tail)
+        o->tail->next = e;
+    else
+        o->head = e;
+    o->tail = e;
+    if (!o->idle_active && !o->closed) {
+        o->idle_active = 1;
+        uv_idle_start(&o->idle, deliver_cb);
+    }
+    return e;
+}
+
+static void ev_text(struct lev *e, const void *p, size_t n)
+{
+    e->text = malloc(n + 1);
+    if (!e->text)
+        return;
+    memcpy(e->text, p, n);
+    e->text[n] = '\0';
+    e->textlen = n;
+}
+
+static void ev_free(struct lev *e)
+{
+    if (e->text) {
+        /* May hold a token. */
+        memset(e->text, 0, e->textlen);
+        free(e->text);
+    }
+    free(e);
+}
+
+static void push_addr(lua_State *L, const struct sockaddr *sa)
+{
+    char ip[64] = "";
+    int port = 0;
+    if (sa->sa_family == AF_INET) {
+        uv_ip4_name((const struct sockaddr_in *)sa, ip, sizeof(ip));
+        port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
+        lua_pushfstring(L, "%s:%d", ip, port);
+    } else if (sa->sa_family == AF_INET6) {
+        uv_ip6_name((const struct sockaddr_in6 *)sa, ip, sizeof(ip));
+        port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+        lua_pushfstring(L, "[%s]:%d", ip, port);
+    } else {
+        lua_pushnil(L);
+    }
+}
+
+static void push_why(lua_State *L, const struct tun_qclose_info *why)
+{
+    lua_newtable(L);
+    lua_pushboolean(L, why->local);
+    lua_setfield(L, -2, "local_close");
+    lua_pushboolean(L, why->app);
+    lua_setfield(L, -2, "app");
+    lua_pushnumber(L, (lua_Number)why->code);
+    lua_setfield(L, -2, "code");
+    if (why->err) {
+        lua_pushstring(L, tun_err_name(why->err));
+        lua_setfield(L, -2, "err");
+    }
+    lua_pushstring(L, why->reason);
+    lua_setfield(L, -2, "reason");
+}
+
+static void push_event(lua_State *L, struct lev *e)
+{
+    lua_newtable(L);
+    lua_pushstring(L, ev_names[e->type]);
+    lua_setfield(L, -2, "type");
+    switch (e->type) {
+    case EV_AUTH:
+        lua_pushlstring(L, e->text ? e->text : "", e->textlen);
+        lua_setfield(L, -2, "token");
+        break;
+    case EV_REQUEST:
+    case EV_REFUSED:
+        lua_pushnumber(L, (lua_Number)e->stream);
+        lua_setfield(L, -2, "stream");
+        lua_pushstring(L, e->udp ? "udp" : "tcp");
+        lua_setfield(L, -2, "proto");
+        lua_pushinteger(L, e->port);
+        lua_setfield(L, -2, "port");
+        if (e->type == EV_REFUSED) {
+            lua_pushinteger(L, e->code);
+            lua_setfield(L, -2, "code");
+        }
+        break;
+    case EV_CHAN_CLOSED:
+        lua_pushnumber(L, (lua_Number)e->chan.stream);
+        lua_setfield(L, -2, "stream");
+        lua_pushstring(L, e->chan.udp ? "udp" : "tcp");
+        lua_setfield(L, -2, "proto");
+        lua_pushstring(L, e->chan.target);
+        lua_setfield(L, -2, "target");
+        lua_pushnumber(L, (lua_Number)e->chan.up);
+        lua_setfield(L, -2, "up");
+        lua_pushnumber(L, (lua_Number)e->chan.down);
+        lua_setfield(L, -2, "down");
+        lua_pushboolean(L, e->chan.reset);
+        lua_setfield(L, -2, "reset");
+        break;
+    case EV_SESSION_CLOSED:
+    case EV_CLOSED:
+        push_why(L, &e->why);
+        lua_setfield(L, -2, "why");
+        break;
+    case EV_AUTH_FAILED:
+    case EV_REJECTED:
+        lua_pushinteger(L, e->code);
+        lua_setfield(L, -2, "code");
+        lua_pushinteger(L, e->fwd + 1);
+        lua_setfield(L, -2, "forward");
+        break;
+    default:
+        break;
+    }
+    if (e->session) {
+        lua_pushnumber(L, (lua_Number)e->session);
+        lua_setfield(L, -2, "session");
+    }
+    if (e->text && e->type != EV_AUTH) {
+        lua_pushstring(L, e->text);
+        lua_setfield(L, -2, e->type == EV_REQUEST || e->type == EV_REFUSED ? "host" : "reason");
+    }
+}
+
+static void deliver_cb(uv_idle_t *h)
+{
+    struct lobj *o = h->data;
+    lua_State *L = o->L;
+    /* Deliver what is queued now; events queued by the handlers wait for the next round. */
+    struct lev *list = o->head;
+    o->head = o->tail = NULL;
+    uv_idle_stop(&o->idle);
+    o->idle_active = 0;
+    while (list) {
+        struct lev *e = list;
+        list = e->next;
+        if (!o->closed && o->cb_ref != LUA_NOREF) {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, o->cb_ref);
+            push_event(L, e);
+            if (tun_lua_pcall(L, 1, 0) != 0) {
+                if (!tun_lua_is_exit(L, -1))
+                    tun_log_error(LUA, "error in %s event handler: %s", ev_names[e->type],
+                                  lua_tostring(L, -1));
+                lua_pop(L, 1);
+            }
+        }
+        ev_free(e);
+    }
+}
+
+/* ---- C callbacks -> events ------------------------------------------------------------------ */
+
+static void s_on_session(struct tun_fwd_server *srv, uint64_t session, void *ud)
+{
+    (void)srv;
+    struct lev *e = ev_new(ud, EV_SESSION);
+    if (e)
+        e->session = session;
+}
+
+static void s_on_auth(struct tun_fwd_server *srv, uint64_t session, const uint8_t *token,
+                      size_t len, void *ud)
+{
+    (void)srv;
+    struct lev *e = ev_new(ud, EV_AUTH);
+    if (!e)
+        return;
+    e->session = session;
+    ev_text(e, token, len);
+}
+
+static void s_on_request(struct tun_fwd_server *srv, const struct tun_fwd_request *req, void *ud)
+{
+    (void)srv;
+    struct lev *e = ev_new(ud, EV_REQUEST);
+    if (!e)
+        return;
+    e->session = req->session;
+    e->stream = req->stream;
+    e->udp = req->udp;
+    e->port = req->port;
+    ev_text(e, req->host, strlen(req->host));
+}
+
+static void s_on_refused(struct tun_fwd_server *srv, const struct tun_fwd_request *req, int code,
+                         const char *reason, void *ud)
+{
+    (void)srv;
+    (void)reason;
+    struct lev *e = ev_new(ud, EV_REFUSED);
+    if (!e)
+        return;
+    e->session = req->session;
+    e->stream = req->stream;
+    e->udp = req->udp;
+    e->port = req->port;
+    e->code = code;
+    ev_text(e, req->host, strlen(req->host));
+}
+
+static void s_on_chan_closed(struct tun_fwd_server *srv, const struct tun_fwd_chan_info *info,
+                             void *ud)
+{
+    (void)srv;
+    struct lev *e = ev_new(ud, EV_CHAN_CLOSED);
+    if (!e)
+        return;
+    e->session = info->session;
+    e->chan = *info;
+}
+
+static void s_on_session_closed(struct tun_fwd_server *srv, uint64_t session,
+                                const struct tun_qclose_info *why, void *ud)
+{
+    (void)srv;
+    struct lev *e = ev_new(ud, EV_SESSION_CLOSED);
+    if (!e)
+        return;
+    e->session = session;
+    e->why = *why;
+}
+
+static void c_on_ready(struct tun_fwd_client *c, void *ud)
+{
+    (void)c;
+    ev_new(ud, EV_READY);
+}
+
+static void c_on_auth_failed(struct tun_fwd_client *c, int code, const char *reason, void *ud)
+{
+    (void)c;
+    struct lev *e = ev_new(ud, EV_AUTH_FAILED);
+    if (!e)
+        return;
+    e->code = code;
+    ev_text(e, reason, strlen(reason));
+}
+
+static void c_on_rejected(struct tun_fwd_client *c, int fwd, int code, const char *reason, void *ud)
+{
+    (void)c;
+    struct lev *e = ev_new(ud, EV_REJECTED);
+    if (!e)
+        return;
+    e->fwd = fwd;
+    e->code = code;
+    ev_text(e, reason, strlen(reason));
+}
+
+static void c_on_closed(struct tun_fwd_client *c, const struct tun_qclose_info *why, void *ud)
+{
+    (void)c;
+    struct lev *e = ev_new(ud, EV_CLOSED);
+    if (e)
+        e->why = *why;
+}
+
+/* ---- object lifecycle ------------------------------------------------------------------------ */
+
+static void obj_freed(uv_handle_t *h)
+{
+    struct lobj *o = h->data;
+    while (o->head) {
+        struct lev *e = o->head;
+        o->head = e->next;
+        ev_free(e);
+    }
+    free(o);
+}
+
+static void inner_closed(void *ud)
+{
+    struct lobj *o = ud;
+    uv_close((uv_handle_t *)&o->idle, obj_freed);
+}
+
+/* Close the C object; every handle is closing when this returns (the host relies on it). */
+static void obj_close(struct lobj *o)
+{
+    if (o->closing)
+        return;
+    o->closing = 1;
+    if (o->prev)
+        o->prev->next = o->next;
+    else
+        all_objs = o->next;
+    if (o->next)
+        o->next->prev = o->prev;
+    if (o->is_server)
+        tun_fwd_server_close(o->srv, NULL, NULL);
+    else
+        tun_fwd_client_close(o->cli, NULL, NULL);
+    o->closed = 1;
+    lua_State *L = o->L;
+    luaL_unref(L, LUA_REGISTRYINDEX, o->cb_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, o->self_ref);
+    o->cb_ref = o->self_ref = LUA_NOREF;
+    uv_idle_stop(&o->idle);
+    inner_closed(o);
+}
+
+static void close_all(void *ud)
+{
+    (void)ud;
+    while (all_objs)
+        obj_close(all_objs);
+}
+
+static struct lobj **check_obj(lua_State *L, int idx, const char *mt)
+{
+    struct lobj **p = luaL_checkudata(L, idx, mt);
+    if (!*p || (*p)->closing)
+        luaL_error(L, "%s is closed", mt);
+    return p;
+}
+
+static struct lobj *new_obj(lua_State *L, int is_server, int cb_idx)
+{
+    struct tun_host *h = tun_host_get();
+    struct lobj *o = calloc(1, sizeof(*o));
+    if (!o)
+        luaL_error(L, "out of memory");
+    o->is_server = is_server;
+    o->L = luv_state(L);
+    uv_idle_init(luv_loop(L), &o->idle);
+    o->idle.data = o;
+    lua_pushvalue(L, cb_idx);
+    o->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    struct lobj **p = lua_newuserdata(L, sizeof(*p));
+    *p = o;
+    luaL_getmetatable(L, is_server ? SERVER_MT : CLIENT_MT);
+    lua_setmetatable(L, -2);
+    /* While open, the object is anchored: a forgotten variable must not stop a server. */
+    lua_pushvalue(L, -1);
+    o->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    o->next = all_objs;
+    if (all_objs)
+        all_objs->prev = o;
+    all_objs = o;
+    if (!closer_registered && h) {
+        tun_host_add_closer(h, close_all, NULL);
+        closer_registered = 1;
+    }
+    return o;
+}
+
+static void discard_obj(lua_State *L, struct lobj *o)
+{
+    /* Construction failed after new_obj: undo without touching a C object. */
+    if (o->prev)
+        o->prev->next = o->next;
+    else
+        all_objs = o->next;
+    if (o->next)
+        o->next->prev = o->prev;
+    luaL_unref(L, LUA_REGISTRYINDEX, o->cb_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, o->self_ref);
+    struct lobj **p = lua_touserdata(L, -1);
+    *p = NULL;
+    uv_close((uv_handle_t *)&o->idle, obj_freed);
+}
+
+/* ---- option helpers ------------------------------------------------------------------------- */
+
+static int opt_field(lua_State *L, int t, const char *k)
+{
+    lua_getfield(L, t, k);
+    return !lua_isnil(L, -1);
+}
+
+static int parse_addr(lua_State *L, const char *ip, int port, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof(*ss));
+    if (port < 0 || port > 65535)
+        return luaL_error(L, "port %d out of range", port);
+    if (uv_ip4_addr(ip, port, (struct sockaddr_in *)ss) == 0)
+        return 0;
+    if (uv_ip6_addr(ip, port, (struct sockaddr_in6 *)ss) == 0)
+        return 0;
+    return luaL_error(L, "'%s' is not an IP address", ip);
+}
+
+static void get_bytes32(lua_State *L, int t, const char *k, uint8_t out[32], int required)
+{
+    size_t n = 0;
+    lua_getfield(L, t, k);
+    const char *s = lua_tolstring(L, -1, &n);
+    if (!s) {
+        if (required)
+            luaL_error(L, "option '%s' is required (32 bytes)", k);
+        lua_pop(L, 1);
+        return;
+    }
+    if (n != 32)
+        luaL_error(L, "option '%s' must be 32 bytes, got %d", k, (int)n);
+    memcpy(out, s, 32);
+    lua_pop(L, 1);
+}
+
+static uint64_t get_u64(lua_State *L, int t, const char *k, uint64_t def)
+{
+    uint64_t v = def;
+    if (opt_field(L, t, k)) {
+        lua_Number n = luaL_checknumber(L, -1);
+        if (n < 0)
+            luaL_error(L, "option '%s' must not be negative", k);
+        v = (uint64_t)n;
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static void read_quic(lua_State *L, int t, struct tun_quic_config *q)
+{
+    if (!opt_field(L, t, "quic")) {
+        lua_pop(L, 1);
+        return;
+    }
+    int qt = lua_gettop(L);
+    q->cc = (int)get_u64(L, qt, "cc", (uint64_t)q->cc);
+    q->stream_window = get_u64(L, qt, "stream_window", q->stream_window);
+    q->max_stream_window = get_u64(L, qt, "max_stream_window", q->max_stream_window);
+    q->conn_window = get_u64(L, qt, "conn_window", q->conn_window);
+    q->max_conn_window = get_u64(L, qt, "max_conn_window", q->max_conn_window);
+    q->idle_timeout_ms = get_u64(L, qt, "idle_timeout_ms", q->idle_timeout_ms);
+    q->keepalive_ms = get_u64(L, qt, "keepalive_ms", q->keepalive_ms);
+    q->handshake_timeout_ms = get_u64(L, qt, "handshake_timeout_ms", q->handshake_timeout_ms);
+    q->max_streams = get_u64(L, qt, "max_streams", q->max_streams);
+    q->stream_send_buffer = (size_t)get_u64(L, qt, "stream_send_buffer", q->stream_send_buffer);
+    lua_pop(L, 1);
+}
+
+/* ---- server ---------------------------------------------------------------------------------- */
+
+/* server{ ip=, port=, secret=, max_active=, auth_timeout_ms=, flow_idle_ms=, quic={}, on_event= }
+ */
+static int l_fwd_server(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    struct tun_fwd_server_config cfg;
+    tun_fwd_server_config_default(&cfg);
+    uint8_t secret[32];
+    get_bytes32(L, 1, "secret", secret, 1);
+    lua_getfield(L, 1, "ip");
+    const char *ip = luaL_optstring(L, -1, "0.0.0.0");
+    int port = (int)get_u64(L, 1, "port", 0);
+    struct sockaddr_storage ss;
+    parse_addr(L, ip, port, &ss);
+    cfg.max_active = (uint32_t)get_u64(L, 1, "max_active", cfg.max_active);
+    cfg.auth_timeout_ms = get_u64(L, 1, "auth_timeout_ms", cfg.auth_timeout_ms);
+    cfg.flow_idle_ms = get_u64(L, 1, "flow_idle_ms", cfg.flow_idle_ms);
+    read_quic(L, 1, &cfg.quic);
+    lua_getfield(L, 1, "on_event");
+    luaL_checktype(L, -1, LUA_TFUNCTION);
+    int cb = lua_gettop(L);
+    struct lobj *o = new_obj(L, 1, cb);
+    struct tun_fwd_server_cbs cbs = {
+        .on_session = s_on_session,
+        .on_auth = s_on_auth,
+        .on_request = s_on_request,
+        .on_refused = s_on_refused,
+        .on_chan_closed = s_on_chan_closed,
+        .on_session_closed = s_on_session_closed,
+    };
+    int rc =
+        tun_fwd_server_new(luv_loop(L), (struct sockaddr *)&ss, secret, &cfg, &cbs, o, &o->srv);
+    memset(secret, 0, sizeof(secret));
+    if (rc != 0) {
+        discard_obj(L, o);
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot listen on %s port %d: %s", ip, port, tun_strerror(rc));
+        lua_pushstring(L, tun_err_name(rc));
+        return 3;
+    }
+    return 1;
+}
+
+static int l_server_local_addr(lua_State *L)
+{
+    struct lobj *o = *check_obj(L, 1, SERVER_MT);
+    struct sockaddr_storage ss;
+    tun_fwd_server_local_addr(o->srv, &ss);
+    push_addr(L, (struct sockaddr *)&ss);
+    lua_pushinteger(L, ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                      : ((struct sockaddr_in *)&ss)->sin_port));
+    return 2;
+}
+
+static uint64_t check_id(lua_State *L, int idx)
+{
+    lua_Number n = luaL_checknumber(L, idx);
+    return (uint64_t)n;
+}
+
+/* auth(session, ok[, code, reason, close_code]) */
+static int l_server_auth(lua_State *L)
+{
+    struct lobj *o = *check_obj(L, 1, SERVER_MT);
+    uint64_t sess = check_id(L, 2);
+    int ok = lua_toboolean(L, 3);
+    int code = (int)luaL_optinteger(L, 4, 7);
+    const char *reason = luaL_optstring(L, 5, "invalid authentication token");
+    uint64_t cc = (uint64_t)luaL_optinteger(L, 6, 1);
+    lua_pushboolean(L, tun_fwd_session_auth(o->srv, sess, ok, code, reason, cc) == 0);
+    return 1;
+}
+
+/* accept(session, stream, { {ip, port}, ... }) */
+static int l_server_accept(lua_State *L)
+{
+    struct lobj *o = *check_obj(L, 1, SERVER_MT);
+    uint64_t sess = check_id(L, 2);
+    int64_t sid = (int64_t)luaL_checknumber(L, 3);
+    luaL_checktype(L, 4, LUA_TTABLE);
+    struct sockaddr_storage addrs[16];
+    size_t n = 0;
+    for (int i = 1; n < 16; i++) {
+        lua_rawgeti(L, 4, i);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            break;
+        }
+        luaL_checktype(L, -1, LUA_TTABLE);
+        lua_rawgeti(L, -1, 1);
+        lua_rawgeti(L, -2, 2);
+        parse_addr(L, luaL_checkstring(L, -2), (int)luaL_checkinteger(L, -1), &addrs[n++]);
+        lua_pop(L, 3);
+    }
+    lua_pushboolean(L, tun_fwd_server_accept(o->srv, sess, sid, addrs, n) == 0);
+    return 1;
+}
+
+/* reject(session, stream, code, reason) */
+static int l_server_reject(lua_State *L)
+{
+    struct lobj *o = *check_obj(L, 1, SERVER_MT);
+    uint64_t sess = check_id(L, 2);
+    int64_t sid = (int64_t)luaL_checknumber(L, 3);
+    int code = (int)luaL_checkinteger(L, 4);
+    const char *reason = luaL_checkstring(L, 5);
+    lua_pushboolean(L, tun_fwd_server_reject(o->srv, sess, sid, code, reason) == 0);
+    return 1;
+}
+
+static int l_server_kick(lua_State *L)
+{
+    struct lobj *o = *check_obj(L, 1, SERVER_MT);
+    lua_pushboolean(L,
+                    tun_fwd_session_kick(o->srv, check_id(L, 2), luaL_optstring(L, 3, NULL)) == 0);
+    return 1;
+}
+
+static void push_quic_stats(lua_State *L, const struct tun_qconn_stats *st)
+{
+    lua_newtable(L);
+    lua_pushnumber(L, (lua_Number)st->srtt_us / 1000.0);
+    lua_setfield(L, -2, "rtt_ms");
+    lua_pushnumber(L, (lua_Number)st->min_rtt_us / 1000.0);
+    lua_setfield(L, -2, "min_rtt_ms");
+    lua_pushnumber(L, (lua_Number)st->cwnd);
+    lua_setfield(L, -2, "cwnd");
+    lua_pushnumber(L, (lua_Number)st->bytes_in_flight);
+    lua_setfield(L, -2, "in_flight");
+    lua_pushnumber(L, (lua_Number)st->tx_bytes);
+    lua_setfield(L, -2, "tx_bytes");
+    lua_pushnumber(L, (lua_Number)st->rx_bytes);
+    lua_setfield(L, -2, "rx_bytes");
+    lua_pushnumber(L, (lua_Number)st->tx_packets);
+    lua_setfield(L, -2, "tx_packets");
+    lua_pushnumber(L, (lua_Number)st->rx_packets);
+    lua_setfield(L, -2, "rx_packets");
+    lua_pushnumber(L, (lua_Number)st->datagrams_dropped);
+    lua_setfield(L, -2, "datagrams_dropped");
+    lua_pushinteger(L, st->streams);
+    lua_setfield(L, -2, "streams");
+    lua_pushstring(L, st->cipher);
+    lua_setfield(L, -2, "cipher");
+}
+
+static int push_session(lua_State *L, struct lobj *o, uint64_t id)
+{
+    struct tun_fwd_session_info info;
+    if (tun_fwd_session_info(o->srv, id, &info) != 0)
+        return 0;
+    lua_newtable(L);
+    lua_pushnumber(L, (lua_Number)info.id);
+    lua_setfield(L, -2, "id");
+    lua_pushboolean(L, info.authenticated);
+    lua_setfield(L, -2, "authenticated");
+    if (info.have_key) {
+        lua_pushlstring(L, (const char *)info.peer_key, 32);
+        lua_setfield(L, -2, "peer_key");
+    }
+    push_addr(L, (struct sockaddr *)&info.remote);
+    lua_setfield(L, -2, "remote");
+    lua_pushinteger(L, info.chans);
+    lua_setfield(L, -2, "streams");
+    lua_pushnumber(L, (lua_Number)info.up);
+    lua_setfield(L, -2, "up");
+    lua_pushnumber(L, (lua_Number)info.down);
+    lua_setfield(L, -2, "down");
+    push_quic_stats(L, &info.quic);
+    lua_setfield(L, -2, "quic");
+    return 1;
+}
+
+static int l_server_sessions(lua_State *L)
+{
+    struct lobj *o = *check_obj(L, 1, SERVER_MT);
+    uint64_t ids[1024];
+    size_t n = tun_fwd_server_sessions(o->srv, ids, 1024);
+    if (n > 1024)
+        n = 1024;
+    lua_newtable(L);
+    int k = 1;
+    for (size_t i = 0; i < n; i++)
+        if (push_session(L, o, ids[i]))
+            lua_rawseti(L, -2, k++);
+    return 1;
+}
+
+static int l_server_session(lua_State *L)
+{
+    struct lobj *o = *check_obj(L, 1, SERVER_MT);
+    if (!push_session(L, o, check_id(L, 2)))
+        lua_pushnil(L);
+    return 1;
+}
+
+static int l_server_set_max_active(lua_State *L)
+{
+    struct lobj *o = *check_obj(L, 1, SERVER_MT);
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, n >= 0, 2, "must not be negative");
+    tun_fwd_server_set_max_active(o->srv, (uint32_t)n);
+    return 0;
+}
+
+static int l_server_active(lua_State *L)
+{
+    struct lobj *o = *check_obj(L, 1, SERVER_MT);
+    lua_pushinteger(L, tun_fwd_server_active(o->srv));
+    return 1;
+}
+
+static int l_obj_close(lua_State *L)
+{
+    struct lobj **p = lua_touserdata(L, 1);
+    if (p && *p && !(*p)->closing)
+        obj_close(*p);
+    return 0;
+}
+
+static int l_obj_closed(lua_State *L)
+{
+    struct lobj **p = lua_touserdata(L, 1);
+    lua_pushboolean(L, !p || !*p || (*p)->closing);
+    return 1;
+}
+
+/* ---- client ---------------------------------------------------------------------------------- */
+
+/* client{ server_ip=, server_port=, server_key=, secret=, token=, flow_idle_ms=, quic={},
+ *         on_event= } */
+static int l_fwd_client(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    struct tun_fwd_client_config cfg;
+    tun_fwd_client_config_default(&cfg);
+    uint8_t secret[32], key[32];
+    get_bytes32(L, 1, "secret", secret, 1);
+    get_bytes32(L, 1, "server_key", key, 1);
+    lua_getfield(L, 1, "server_ip");
+    const char *ip = luaL_checkstring(L, -1);
+    int port = (int)get_u64(L, 1, "server_port", 0);
+    struct sockaddr_storage ss;
+    parse_addr(L, ip, port, &ss);
+    lua_getfield(L, 1, "token");
+    const char *token = luaL_checkstring(L, -1);
+    cfg.flow_idle_ms = get_u64(L, 1, "flow_idle_ms", cfg.flow_idle_ms);
+    read_quic(L, 1, &cfg.quic);
+    lua_getfield(L, 1, "on_event");
+    luaL_checktype(L, -1, LUA_TFUNCTION);
+    int cb = lua_gettop(L);
+    struct lobj *o = new_obj(L, 0, cb);
+    struct tun_fwd_client_cbs cbs = {
+        .on_ready = c_on_ready,
+        .on_auth_failed = c_on_auth_failed,
+        .on_rejected = c_on_rejected,
+        .on_closed = c_on_closed,
+    };
+    int rc = tun_fwd_client_new(luv_loop(L), (struct sockaddr *)&ss, key, secret, token, &cfg, &cbs,
+                                o, &o->cli);
+    memset(secret, 0, sizeof(secret));
+    if (rc != 0) {
+        discard_obj(L, o);
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot start the client: %s", tun_strerror(rc));
+        lua_pushstring(L, tun_err_name(rc));
+        return 3;
+    }
+    return 1;
+}
+
+/* add(listen_ip, listen_port, source) -> index (1-based) | nil, err */
+static int l_client_add(lua_State *L)
+{
+    struct lobj *o = *check_obj(L, 1, CLIENT_MT);
+    const char *ip = luaL_checkstring(L, 2);
+    int port = (int)luaL_checkinteger(L, 3);
+    const char *source = luaL_checkstring(L, 4);
+    struct sockaddr_storage ss;
+    parse_addr(L, ip, port, &ss);
+    int rc = tun_fwd_client_add(o->cli, (struct sockaddr *)&ss, source);
+    if (rc < 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot listen on %s port %d: %s", ip, port, tun_strerror(rc));
+        lua_pushstring(L, tun_err_name(rc));
+        return 3;
+    }
+    lua_pushinteger(L, rc + 1);
+    return 1;
+}
+
+static int l_client_listen_addr(lua_State *L)
+{
+    struct lobj *o = *check_obj(L, 1, CLIENT_MT);
+    struct sockaddr_storage ss;
+    if (tun_fwd_client_listen_addr(o->cli, (int)luaL_checkinteger(L, 2) - 1, &ss) != 0)
+        return 0;
+    push_addr(L, (struct sockaddr *)&ss);
+    lua_pushinteger(L, ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                      : ((struct sockaddr_in *)&ss)->sin_port));
+    return 2;
+}
+
+static int l_client_stats(lua_State *L)
+{
+    struct lobj *o = *check_obj(L, 1, CLIENT_MT);
+    struct tun_qconn_stats st;
+    struct sockaddr_storage remote;
+    if (tun_fwd_client_stats(o->cli, &st, &remote) != 0) {
+        lua_pushnil(L);
+        return 1;
+    }
+    push_quic_stats(L, &st);
+    push_addr(L, (struct sockaddr *)&remote);
+    lua_setfield(L, -2, "remote");
+    lua_pushboolean(L, tun_fwd_client_ready(o->cli));
+    lua_setfield(L, -2, "ready");
+    return 1;
+}
+
+static int l_obj_gc(lua_State *L)
+{
+    /* Anchored while open, so this only runs for closed objects (or at lua_close, after the
+     * host's closer already closed everything). */
+    struct lobj **p = lua_touserdata(L, 1);
+    if (p && *p && !(*p)->closing)
+        obj_close(*p);
+    return 0;
+}
+
+static int l_obj_tostring(lua_State *L)
+{
+    struct lobj **p = lua_touserdata(L, 1);
+    int srv = luaL_testudata(L, 1, SERVER_MT) != NULL;
+    lua_pushfstring(L, "%s (%s)", srv ? SERVER_MT : CLIENT_MT,
+                    p && *p && !(*p)->closing ? "open" : "closed");
+    return 1;
+}
+
+int luaopen_tunnel_core_fwd(lua_State *L)
+{
+    static const luaL_Reg server_methods[] = {
+        {"local_addr", l_server_local_addr},
+        {"auth", l_server_auth},
+        {"accept", l_server_accept},
+        {"reject", l_server_reject},
+        {"kick", l_server_kick},
+        {"sessions", l_server_sessions},
+        {"session", l_server_session},
+        {"set_max_active", l_server_set_max_active},
+        {"active", l_server_active},
+        {"close", l_obj_close},
+        {"closed", l_obj_closed},
+        {NULL, NULL},
+    };
+    static const luaL_Reg client_methods[] = {
+        {"add", l_client_add},     {"listen_addr", l_client_listen_addr},
+        {"stats", l_client_stats}, {"close", l_obj_close},
+        {"closed", l_obj_closed},  {NULL, NULL},
+    };
+    const char *names[] = {SERVER_MT, CLIENT_MT};
+    const luaL_Reg *methods[] = {server_methods, client_methods};
+    for (int i = 0; i < 2; i++) {
+        luaL_newmetatable(L, names[i]);
+        lua_newtable(L);
+        luaL_register(L, NULL, methods[i]);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, l_obj_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, l_obj_tostring);
+        lua_setfield(L, -2, "__tostring");
+        lua_pushstring(L, names[i]);
+        lua_setfield(L, -2, "__name");
+        lua_pop(L, 1);
+    }
+    static const luaL_Reg fns[] = {
+        {"server", l_fwd_server},
+        {"client", l_fwd_client},
+        {NULL, NULL},
+    };
+    lua_newtable(L);
+    luaL_register(L, NULL, fns);
+    return 1;
+}

@@ -1,0 +1,404 @@
+/*
+ * The endpoint: one UDP socket, the connection-ID routing table, accepting connections,
+ * stateless resets and version negotiation, and the deferred flush that sends what the
+ * connections have to say.
+ */
+#include "quic/internal.h"
+#include "util/error.h"
+#include "util/log.h"
+
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+
+uint64_t tun__now(void)
+{
+    return uv_hrtime();
+}
+
+void tun_quic_config_default(struct tun_quic_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->cc = TUN_QUIC_CC_BBR;
+    cfg->stream_window = 1 << 20;
+    cfg->max_stream_window = 16 << 20;
+    cfg->conn_window = 4 << 20;
+    cfg->max_conn_window = 64 << 20;
+    cfg->idle_timeout_ms = 30000;
+    cfg->keepalive_ms = 10000;
+    cfg->handshake_timeout_ms = 10000;
+    cfg->max_streams = 1024;
+    cfg->stream_send_buffer = 4 << 20;
+    cfg->datagram_queue = 512;
+}
+
+/* ---- connection-ID routing ------------------------------------------------------------- */
+
+static uint64_t cid_hash(const uint8_t *id, size_t len)
+{
+    /* CIDs are random (ours) or chosen by a client; a keyed hash keeps a hostile client from
+     * steering its IDs into one bucket chain. */
+    static uint8_t key[crypto_shorthash_KEYBYTES];
+    static int keyed;
+    if (!keyed) {
+        randombytes_buf(key, sizeof(key));
+        keyed = 1;
+    }
+    uint8_t out[crypto_shorthash_BYTES];
+    crypto_shorthash(out, id, len, key);
+    uint64_t h;
+    memcpy(&h, out, sizeof(h));
+    return h;
+}
+
+static struct cid_slot *cid_find_slot(struct tun_qep *ep, const uint8_t *id, size_t len, int insert)
+{
+    if (!ep->ncid_slots)
+        return NULL;
+    size_t mask = ep->ncid_slots - 1;
+    size_t i = (size_t)cid_hash(id, len) & mask;
+    struct cid_slot *tomb = NULL;
+    for (size_t n = 0; n < ep->ncid_slots; n++, i = (i + 1) & mask) {
+        struct cid_slot *s = &ep->cids[i];
+        if (s->len == 0)
+            return insert && tomb ? tomb : (insert ? s : NULL);
+        if (s->len == 255) {
+            if (!tomb)
+                tomb = s;
+            continue;
+        }
+        if (s->len == len && memcmp(s->id, id, len) == 0)
+            return s;
+    }
+    return insert ? tomb : NULL;
+}
+
+static int cid_grow(struct tun_qep *ep)
+{
+    size_t n = ep->ncid_slots ? ep->ncid_slots * 2 : 64;
+    struct cid_slot *old = ep->cids;
+    size_t oldn = ep->ncid_slots;
+    ep->cids = calloc(n, sizeof(*ep->cids));
+    if (!ep->cids) {
+        ep->cids = old;
+        return TUN_ENOMEM;
+    }
+    ep->ncid_slots = n;
+    ep->ncids = ep->ncid_used = 0;
+    for (size_t i = 0; i < oldn; i++) {
+        if (old[i].len && old[i].len != 255) {
+            struct cid_slot *s = cid_find_slot(ep, old[i].id, old[i].len, 1);
+            *s = old[i];
+            ep->ncids++;
+            ep->ncid_used++;
+        }
+    }
+    free(old);
+    return 0;
+}
+
+int tun__qep_add_cid(struct tun_qep *ep, const uint8_t *id, size_t len, struct tun_qconn *c)
+{
+    if (len == 0 || len > NGTCP2_MAX_CIDLEN)
+        return TUN_EINVAL;
+    if ((ep->ncid_used + 1) * 4 >= ep->ncid_slots * 3 && cid_grow(ep) != 0)
+        return TUN_ENOMEM;
+    struct cid_slot *s = cid_find_slot(ep, id, len, 1);
+    if (s->len == 0)
+        ep->ncid_used++;
+    if (s->len == 0 || s->len == 255)
+        ep->ncids++;
+    s->len = (uint8_t)len;
+    memcpy(s->id, id, len);
+    s->conn = c;
+    return 0;
+}
+
+void tun__qep_remove_cid(struct tun_qep *ep, const uint8_t *id, size_t len)
+{
+    struct cid_slot *s = cid_find_slot(ep, id, len, 0);
+    if (!s)
+        return;
+    s->len = 255;
+    s->conn = NULL;
+    ep->ncids--;
+}
+
+static struct tun_qconn *cid_lookup(struct tun_qep *ep, const uint8_t *id, size_t len)
+{
+    struct cid_slot *s = cid_find_slot(ep, id, len, 0);
+    return s ? s->conn : NULL;
+}
+
+void tun__qep_reset_token(struct tun_qep *ep, const uint8_t *cid, size_t cidlen,
+                          uint8_t token[NGTCP2_STATELESS_RESET_TOKENLEN])
+{
+    /* A token derived from the CID lets us answer for connections we no longer remember
+     * (after a restart with the same secret, or after freeing the connection). */
+    if (crypto_generichash(token, NGTCP2_STATELESS_RESET_TOKENLEN, cid, cidlen, ep->reset_secret,
+                           sizeof(ep->reset_secret)) != 0)
+        randombytes_buf(token, NGTCP2_STATELESS_RESET_TOKENLEN);
+}
+
+/* ---- deferred flush --------------------------------------------------------------------- */
+
+static void flush_all(struct tun_qep *ep)
+{
+    struct tun_qconn *list = ep->dirty;
+    ep->dirty = NULL;
+    while (list) {
+        struct tun_qconn *c = list;
+        list = c->dirty_next;
+        c->in_dirty = 0;
+        c->dirty_next = NULL;
+        tun__qconn_flush(c);
+    }
+}
+
+static void flush_idle_cb(uv_idle_t *h)
+{
+    struct tun_qep *ep = h->data;
+    flush_all(ep);
+    if (!ep->dirty) {
+        uv_idle_stop(&ep->flush_idle);
+        ep->flush_scheduled = 0;
+    }
+}
+
+void tun__qep_mark_dirty(struct tun_qep *ep, struct tun_qconn *c)
+{
+    if (c->in_dirty || c->notified_closed)
+        return;
+    c->in_dirty = 1;
+    c->dirty_next = ep->dirty;
+    ep->dirty = c;
+    if (!ep->flush_scheduled && !ep->closing) {
+        ep->flush_scheduled = 1;
+        uv_idle_start(&ep->flush_idle, flush_idle_cb);
+    }
+}
+
+static void writable_cb(struct tun_udp *u, void *ud)
+{
+    (void)u;
+    struct tun_qep *ep = ud;
+    for (struct tun_qconn *c = ep->conns; c; c = c->next) {
+        if (c->write_blocked) {
+            c->write_blocked = 0;
+            tun__qep_mark_dirty(ep, c);
+        }
+    }
+}
+
+int tun__qep_send(struct tun_qep *ep, const struct sockaddr *to, const uint8_t *data, size_t len,
+                  size_t segsize)
+{
+    size_t sent = 0;
+    int rc = tun_udp_send(ep->udp, to, data, len, segsize ? segsize : len, &sent);
+    if (rc == TUN_EAGAIN) {
+        /* The socket buffer is full. The unsent packets count as lost; QUIC's loss recovery
+         * resends their contents once the socket drains. */
+        tun_udp_want_writable(ep->udp, writable_cb);
+        return rc;
+    }
+    if (rc < 0)
+        tun_log_debug(QUIC, "send failed: %s", tun_strerror(rc));
+    return 0;
+}
+
+/* ---- receive ---------------------------------------------------------------------------- */
+
+static void send_stateless_reset(struct tun_qep *ep, const struct sockaddr *from,
+                                 const uint8_t *dcid, size_t dcidlen, size_t pktlen)
+{
+    /* A reset must be shorter than the packet that caused it (no amplification loops) and at
+     * least 41 bytes (RFC 9000 10.3.3). */
+    if (pktlen <= 42)
+        return;
+    size_t len = pktlen - 1 < 64 ? pktlen - 1 : 64;
+    uint8_t token[NGTCP2_STATELESS_RESET_TOKENLEN], rnd[64], buf[64];
+    tun__qep_reset_token(ep, dcid, dcidlen, token);
+    randombytes_buf(rnd, sizeof(rnd));
+    ngtcp2_ssize n = ngtcp2_pkt_write_stateless_reset(buf, len, token, rnd,
+                                                      len - NGTCP2_STATELESS_RESET_TOKENLEN);
+    if (n > 0)
+        tun__qep_send(ep, from, buf, (size_t)n, 0);
+}
+
+static void send_version_negotiation(struct tun_qep *ep, const struct sockaddr *from,
+                                     const ngtcp2_version_cid *vc)
+{
+    uint8_t buf[256];
+    uint32_t sv[] = {NGTCP2_PROTO_VER_V1};
+    uint8_t r;
+    randombytes_buf(&r, 1);
+    ngtcp2_ssize n = ngtcp2_pkt_write_version_negotiation(
+        buf, sizeof(buf), r, vc->scid, vc->scidlen, vc->dcid, vc->dcidlen, sv, 1);
+    if (n > 0)
+        tun__qep_send(ep, from, buf, (size_t)n, 0);
+}
+
+static void recv_cb(struct tun_udp *u, const struct sockaddr *from, const uint8_t *data, size_t len,
+                    unsigned ecn, void *ud)
+{
+    (void)u;
+    struct tun_qep *ep = ud;
+    if (ep->closing || len == 0)
+        return;
+    ngtcp2_version_cid vc;
+    int rv = ngtcp2_pkt_decode_version_cid(&vc, data, len, TUN_QUIC_CIDLEN);
+    if (rv == NGTCP2_ERR_VERSION_NEGOTIATION) {
+        if (ep->is_server)
+            send_version_negotiation(ep, from, &vc);
+        return;
+    }
+    if (rv != 0)
+        return;
+    struct tun_qconn *c = cid_lookup(ep, vc.dcid, vc.dcidlen);
+    if (!c) {
+        if (!ep->is_server)
+            return;
+        if (!(data[0] & 0x80)) {
+            send_stateless_reset(ep, from, vc.dcid, vc.dcidlen, len);
+            return;
+        }
+        ngtcp2_pkt_hd hd;
+        if (ngtcp2_accept(&hd, data, len) != 0)
+            return;
+        socklen_t fl =
+            from->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+        if (tun__qconn_new(ep, 1, from, fl, &hd, NULL, &c) != 0)
+            return;
+        tun_log_debug(QUIC, "conn %llu: new connection", (unsigned long long)c->id);
+        if (ep->cbs.on_conn)
+            ep->cbs.on_conn(ep, c, ep->ud);
+    }
+    tun__qconn_read(c, from, data, len, ecn);
+}
+
+static void batch_cb(struct tun_udp *u, void *ud)
+{
+    (void)u;
+    /* Write after the whole batch was read: one ACK then covers many packets. */
+    flush_all(ud);
+}
+
+/* ---- lifecycle -------------------------------------------------------------------------- */
+
+int tun_qep_new(uv_loop_t *loop, const struct sockaddr *bind_addr, const uint8_t secret[32],
+                int is_server, const struct tun_quic_config *cfg, const struct tun_qep_cbs *cbs,
+                void *ud, struct tun_qep **out)
+{
+    struct tun_qep *ep = calloc(1, sizeof(*ep));
+    if (!ep)
+        return TUN_ENOMEM;
+    ep->loop = loop;
+    ep->is_server = is_server;
+    memcpy(ep->secret, secret, 32);
+    randombytes_buf(ep->reset_secret, sizeof(ep->reset_secret));
+    if (cfg)
+        ep->cfg = *cfg;
+    else
+        tun_quic_config_default(&ep->cfg);
+    if (cbs)
+        ep->cbs = *cbs;
+    ep->ud = ud;
+    int rc = tun_tls_ctx_new(secret, is_server, TUN_ALPN_TUNNEL, &ep->tls);
+    if (rc == 0)
+        rc = tun_udp_new(loop, bind_addr, &ep->udp);
+    if (rc == 0)
+        rc = tun_udp_local_addr(ep->udp, &ep->local);
+    if (rc == 0)
+        rc = tun_udp_start(ep->udp, recv_cb, batch_cb, ep);
+    if (rc != 0) {
+        if (ep->udp)
+            tun_udp_close(ep->udp, NULL, NULL);
+        tun_tls_ctx_free(ep->tls);
+        free(ep);
+        return rc;
+    }
+    ep->locallen =
+        ep->local.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    uv_idle_init(loop, &ep->flush_idle);
+    ep->flush_idle.data = ep;
+    *out = ep;
+    return 0;
+}
+
+int tun_qep_local_addr(struct tun_qep *ep, struct sockaddr_storage *ss)
+{
+    memcpy(ss, &ep->local, sizeof(*ss));
+    return 0;
+}
+
+int tun_qep_connect(struct tun_qep *ep, const struct sockaddr *remote, const uint8_t server_key[32],
+                    const struct tun_qconn_cbs *cbs, void *ud, struct tun_qconn **out)
+{
+    if (ep->closing)
+        return TUN_ECLOSED;
+    socklen_t rl =
+        remote->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    struct tun_qconn *c;
+    int rc = tun__qconn_new(ep, 0, remote, rl, NULL, server_key, &c);
+    if (rc != 0)
+        return rc;
+    tun_qconn_set_cbs(c, cbs, ud);
+    tun__qep_mark_dirty(ep, c); /* sends the Initial */
+    *out = c;
+    return 0;
+}
+
+static void ep_part_closed(struct tun_qep *ep)
+{
+    if (--ep->pending_closes > 0 || !ep->closing)
+        return;
+    void (*cb)(void *) = ep->user_closed_cb;
+    void *cud = ep->user_closed_ud;
+    while (ep->free_chunks) {
+        struct sbuf_chunk *ch = ep->free_chunks;
+        ep->free_chunks = ch->next;
+        free(ch);
+    }
+    free(ep->cids);
+    tun_tls_ctx_free(ep->tls);
+    sodium_memzero(ep->secret, sizeof(ep->secret));
+    free(ep);
+    if (cb)
+        cb(cud);
+}
+
+static void idle_closed_cb(uv_handle_t *h)
+{
+    ep_part_closed(h->data);
+}
+
+static void udp_closed_cb(void *ud)
+{
+    ep_part_closed(ud);
+}
+
+void tun__qep_handle_closed(struct tun_qep *ep)
+{
+    ep_part_closed(ep);
+}
+
+void tun_qep_close(struct tun_qep *ep, uint64_t code, void (*closed)(void *ud), void *ud)
+{
+    if (ep->closing)
+        return;
+    ep->user_closed_cb = closed;
+    ep->user_closed_ud = ud;
+    /* Send CONNECTION_CLOSE on every connection and tear them down now. Every handle of the
+     * endpoint is closing when this returns (the host's shutdown relies on it); memory is
+     * freed once the last close callback has run. */
+    for (struct tun_qconn *c = ep->conns; c; c = c->next)
+        if (!c->closed)
+            tun__qconn_abort(c, code, "endpoint closing");
+    ep->closing = 1;
+    while (ep->conns)
+        tun__qconn_flush(ep->conns);
+    ep->dirty = NULL;
+    ep->pending_closes += 2;
+    uv_close((uv_handle_t *)&ep->flush_idle, idle_closed_cb);
+    tun_udp_close(ep->udp, udp_closed_cb, ep);
+}

@@ -1,0 +1,254 @@
+/*
+ * Streams: send buffers kept until acknowledged (ngtcp2 does not copy stream data), flow
+ * control credit, and the deferred operations (FIN, reset) applied at the next flush.
+ */
+#include "quic/internal.h"
+#include "util/error.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Chunks come from a per-endpoint free list: a busy stream recycles the same few chunks
+ * instead of calling malloc for every 16 KiB it sends. */
+#define MAX_FREE_CHUNKS 256
+
+static struct sbuf_chunk *chunk_get(struct tun_qep *ep)
+{
+    struct sbuf_chunk *ch = ep->free_chunks;
+    if (ch) {
+        ep->free_chunks = ch->next;
+        ep->nfree_chunks--;
+    } else {
+        ch = malloc(sizeof(*ch));
+        if (!ch)
+            return NULL;
+    }
+    ch->next = NULL;
+    ch->len = 0;
+    return ch;
+}
+
+static void chunk_put(struct tun_qep *ep, struct sbuf_chunk *ch)
+{
+    if (ep->nfree_chunks >= MAX_FREE_CHUNKS) {
+        free(ch);
+        return;
+    }
+    ch->next = ep->free_chunks;
+    ep->free_chunks = ch;
+    ep->nfree_chunks++;
+}
+
+struct tun_qstream *tun__qstream_new(struct tun_qconn *c, int64_t id)
+{
+    struct tun_qstream *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->conn = c;
+    s->id = id;
+    s->next = c->streams;
+    if (c->streams)
+        c->streams->prev = s;
+    c->streams = s;
+    c->nstreams++;
+    return s;
+}
+
+void tun__qstream_free(struct tun_qstream *s)
+{
+    struct tun_qconn *c = s->conn;
+    if (s->in_sendq)
+        tun__sendq_remove(c, s);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        c->streams = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    c->nstreams--;
+    while (s->head) {
+        struct sbuf_chunk *ch = s->head;
+        s->head = ch->next;
+        chunk_put(c->ep, ch);
+    }
+    free(s);
+}
+
+void tun__sendq_add(struct tun_qconn *c, struct tun_qstream *s)
+{
+    if (s->in_sendq)
+        return;
+    s->in_sendq = 1;
+    s->send_next = NULL;
+    s->send_prev = c->sendq_tail;
+    if (c->sendq_tail)
+        c->sendq_tail->send_next = s;
+    else
+        c->sendq_head = s;
+    c->sendq_tail = s;
+}
+
+void tun__sendq_remove(struct tun_qconn *c, struct tun_qstream *s)
+{
+    if (!s->in_sendq)
+        return;
+    if (s->send_prev)
+        s->send_prev->send_next = s->send_next;
+    else
+        c->sendq_head = s->send_next;
+    if (s->send_next)
+        s->send_next->send_prev = s->send_prev;
+    else
+        c->sendq_tail = s->send_prev;
+    s->in_sendq = 0;
+    s->send_next = s->send_prev = NULL;
+}
+
+static int has_pending(struct tun_qstream *s)
+{
+    return s->sent < s->written || (s->fin_requested && !s->fin_sent);
+}
+
+void tun_qstream_set_cbs(struct tun_qstream *s, const struct tun_qstream_cbs *cbs, void *ud)
+{
+    if (cbs)
+        s->cbs = *cbs;
+    else
+        memset(&s->cbs, 0, sizeof(s->cbs));
+    s->ud = ud;
+}
+
+int64_t tun_qstream_id(struct tun_qstream *s)
+{
+    return s->id;
+}
+
+struct tun_qconn *tun_qstream_conn(struct tun_qstream *s)
+{
+    return s->conn;
+}
+
+size_t tun_qstream_buffered(struct tun_qstream *s)
+{
+    return (size_t)(s->written - s->acked);
+}
+
+int tun_qstream_write(struct tun_qstream *s, const uint8_t *data, size_t len)
+{
+    struct tun_qconn *c = s->conn;
+    if (s->fin_requested || s->reset_requested || s->shut_wr || c->closed)
+        return TUN_ECLOSED;
+    while (len > 0) {
+        if (!s->tail || s->tail->len == SBUF_CHUNK) {
+            struct sbuf_chunk *ch = chunk_get(c->ep);
+            if (!ch)
+                return TUN_ENOMEM;
+            if (s->tail)
+                s->tail->next = ch;
+            else {
+                s->head = ch;
+                s->base = s->written;
+            }
+            s->tail = ch;
+        }
+        size_t n = SBUF_CHUNK - s->tail->len;
+        if (n > len)
+            n = len;
+        memcpy(s->tail->data + s->tail->len, data, n);
+        s->tail->len += n;
+        s->written += n;
+        data += n;
+        len -= n;
+    }
+    if (!s->blocked)
+        tun__sendq_add(c, s);
+    tun__qep_mark_dirty(c->ep, c);
+    if (tun_qstream_buffered(s) >= c->ep->cfg.stream_send_buffer) {
+        s->full = 1;
+        return 1;
+    }
+    return 0;
+}
+
+int tun_qstream_finish(struct tun_qstream *s)
+{
+    if (s->reset_requested || s->shut_wr || s->conn->closed)
+        return TUN_ECLOSED;
+    if (s->fin_requested)
+        return 0;
+    s->fin_requested = 1;
+    if (!s->blocked || s->sent == s->written)
+        tun__sendq_add(s->conn, s);
+    tun__qep_mark_dirty(s->conn->ep, s->conn);
+    return 0;
+}
+
+void tun_qstream_reset(struct tun_qstream *s, uint64_t code)
+{
+    if (s->reset_requested || s->closed)
+        return;
+    s->reset_requested = 1;
+    s->reset_code = code;
+    tun__sendq_remove(s->conn, s);
+    tun__qep_mark_dirty(s->conn->ep, s->conn);
+}
+
+void tun_qstream_consume(struct tun_qstream *s, size_t n)
+{
+    s->consume_pending += n;
+    tun__qep_mark_dirty(s->conn->ep, s->conn);
+}
+
+void tun__qstream_acked(struct tun_qstream *s, uint64_t upto)
+{
+    if (upto <= s->acked)
+        return;
+    s->acked = upto;
+    struct tun_qep *ep = s->conn->ep;
+    /* Release every chunk that now lies wholly below the acknowledged offset. The tail chunk
+     * stays while it may still receive writes. */
+    while (s->head && s->base + s->head->len <= s->acked &&
+           (s->head != s->tail || s->head->len == SBUF_CHUNK || s->acked == s->written)) {
+        struct sbuf_chunk *ch = s->head;
+        s->base += ch->len;
+        s->head = ch->next;
+        if (!s->head)
+            s->tail = NULL;
+        chunk_put(ep, ch);
+    }
+    if (s->full && tun_qstream_buffered(s) <= ep->cfg.stream_send_buffer / 2) {
+        s->full = 0;
+        if (s->cbs.on_writable)
+            s->cbs.on_writable(s, s->ud);
+    }
+}
+
+size_t tun__qstream_pending_vec(struct tun_qstream *s, ngtcp2_vec *vec, size_t max, int *fin)
+{
+    size_t n = 0;
+    uint64_t off = s->base;
+    for (struct sbuf_chunk *ch = s->head; ch && n < max; ch = ch->next) {
+        uint64_t end = off + ch->len;
+        if (end > s->sent) {
+            size_t skip = s->sent > off ? (size_t)(s->sent - off) : 0;
+            vec[n].base = ch->data + skip;
+            vec[n].len = ch->len - skip;
+            n++;
+        }
+        off = end;
+    }
+    /* FIN may ride only on a packet that carries everything that is left. */
+    *fin = s->fin_requested && !s->fin_sent && (n < max || off == s->written);
+    if (n == max && off < s->written)
+        *fin = 0;
+    return n;
+}
+
+void tun__qstream_sent(struct tun_qstream *s, size_t n, int fin)
+{
+    s->sent += n;
+    if (fin && s->sent == s->written)
+        s->fin_sent = 1;
+    if (!has_pending(s))
+        tun__sendq_remove(s->conn, s);
+}
