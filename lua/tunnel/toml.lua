@@ -27,6 +27,14 @@ local INF = 1 / 0
 local NAN = -(0 / 0)
 local MAX_EXACT = 2 ^ 53
 
+-- How deep tables and arrays may nest (the root table is level 0). Arrays and inline tables
+-- are parsed by recursion, so without a bound hostile input such as 100000 '[' exhausts the Lua
+-- stack and raises "stack overflow" instead of returning an error. Headers and dotted keys
+-- ([a.a.a...]) do not recurse here but would hand a 100000-level structure to every recursive
+-- consumer of the result, so they count too. Real files never come close; toml++ uses 256 too.
+local MAX_DEPTH = 256
+M.MAX_DEPTH = MAX_DEPTH
+
 function M.is_array(v)
   return type(v) == 'table' and getmetatable(v) == array_mt
 end
@@ -84,6 +92,7 @@ local dotted             -- [table] -> section number where dotted keys created/
 local section            -- number of the current [section] (0 = root)
 local root, cur          -- document root and the table receiving key/value pairs
 local cur_name           -- dotted name of the current [section] ('' at the root)
+local level              -- [table or array] -> nesting level (root = 0), bounded by MAX_DEPTH
 
 local function fail(msg, p)
   err_msg, err_pos = msg, p or pos
@@ -175,9 +184,19 @@ local function is_table(v)
   return type(v) == 'table' and getmetatable(v) == nil
 end
 
-local function new_table()
+local function check_level(l, kind, p)
+  if l > MAX_DEPTH then
+    fail(format('%s nested too deeply (more than %d levels of tables and arrays)', kind,
+      MAX_DEPTH), p)
+  end
+end
+
+-- A new table at nesting level l; p is the byte offset blamed if l is too deep.
+local function new_table(l, kind, p)
+  check_level(l, kind, p)
   local t = {}
   kpos[t] = {}
+  level[t] = l
   return t
 end
 
@@ -639,12 +658,15 @@ end
 
 local parse_value
 
-local function parse_array()
+-- lvl is the nesting level the array will have.
+local function parse_array(lvl)
   local start = pos
+  check_level(lvl, 'array', start)
   pos = pos + 1
   local arr = setmetatable({}, array_mt)
   local ap = {}
   kpos[arr] = ap
+  level[arr] = lvl
   local n = 0
   while true do
     local b = skip_wscnl()
@@ -652,7 +674,7 @@ local function parse_array()
     if b == nil then fail("unterminated array (missing ']')", start) end
     n = n + 1
     ap[n] = pos
-    arr[n] = parse_value()
+    arr[n] = parse_value(lvl + 1)
     b = skip_wscnl()
     if b == 44 then
       pos = pos + 1
@@ -671,10 +693,10 @@ end
 
 local parse_keyval
 
-local function parse_inline_table()
+local function parse_inline_table(lvl)
   local start = pos
+  local t = new_table(lvl, 'inline table', start)
   pos = pos + 1
-  local t = new_table()
   local b = skip_ws()
   if b ~= 125 then
     while true do
@@ -706,7 +728,8 @@ local function invalid_value()
   fail('expected a value, found ' .. what(pos))
 end
 
-parse_value = function()
+-- lvl is the nesting level an array or table value would have.
+parse_value = function(lvl)
   local b = byte(src, pos)
   if b == 34 or b == 39 then
     if byte(src, pos + 1) == b and byte(src, pos + 2) == b then return parse_ml_string(b) end
@@ -723,9 +746,9 @@ parse_value = function()
       return false
     end
   elseif b == 91 then
-    return parse_array()
+    return parse_array(lvl)
   elseif b == 123 then
-    return parse_inline_table()
+    return parse_inline_table(lvl)
   elseif b and ((b >= 48 and b <= 57) or b == 43 or b == 45 or b == 105 or b == 110) then
     return parse_number()
   end
@@ -756,7 +779,7 @@ parse_keyval = function(t, prefix)
     local k = keys[i]
     local v = t[k]
     if v == nil then
-      v = new_table()
+      v = new_table(level[t] + 1, 'dotted key', kp[i])
       t[k] = v
       kpos[t][k] = kp[i]
       dotted[v] = section
@@ -786,7 +809,7 @@ parse_keyval = function(t, prefix)
     fail(format("duplicate key '%s' (first defined at line %s)", keystr(keys, n),
       first_line(t, k)), kp[n])
   end
-  t[k] = parse_value()
+  t[k] = parse_value(level[t] + 1)
   kpos[t][k] = kp[n]
 end
 
@@ -812,7 +835,7 @@ local function parse_header()
     local k = keys[i]
     local v = t[k]
     if v == nil then
-      v = new_table()
+      v = new_table(level[t] + 1, 'table', kp[i])
       t[k] = v
       kpos[t][k] = kp[i]
     elseif frozen[v] then
@@ -831,15 +854,17 @@ local function parse_header()
   local name = keystr(keys, n)
   if aot then
     if v == nil then
+      check_level(level[t] + 1, 'array of tables', kp[n])
       v = setmetatable({}, array_mt)
       kpos[v] = {}
+      level[v] = level[t] + 1
       t[k] = v
       kpos[t][k] = kp[n]
     elseif frozen[v] or not (type(v) == 'table' and getmetatable(v) == array_mt) then
       fail(format("cannot define array of tables '%s': key is already %s (line %s)", name,
         vkind(v), first_line(t, k)), kp[n])
     end
-    local e = new_table()
+    local e = new_table(level[v] + 1, 'array of tables', kp[n])
     local i = #v + 1
     v[i] = e
     kpos[v][i] = kp[n]
@@ -847,7 +872,7 @@ local function parse_header()
     cur, cur_name = e, name
   else
     if v == nil then
-      v = new_table()
+      v = new_table(level[t] + 1, 'table', kp[n])
       t[k] = v
       kpos[t][k] = kp[n]
     elseif not is_table(v) then
@@ -866,7 +891,7 @@ end
 
 local function parse_document()
   check_utf8()
-  root = new_table()
+  root = new_table(0)
   cur, cur_name = root, ''
   pos = sub(src, 1, 3) == '\239\187\191' and 4 or 1
   while true do
@@ -908,9 +933,9 @@ local function reset(text)
   lines, lc_line, lc_pos, lc_col = nil, nil, nil, nil
   err_msg, err_pos = nil, nil
   if text then
-    kpos, hdr, frozen, dotted = {}, {}, {}, {}
+    kpos, hdr, frozen, dotted, level = {}, {}, {}, {}, {}
   else
-    kpos, hdr, frozen, dotted = nil, nil, nil, nil
+    kpos, hdr, frozen, dotted, level = nil, nil, nil, nil, nil
   end
   section, root, cur, cur_name = 0, nil, nil, nil
 end

@@ -492,7 +492,10 @@ static void update_timer(struct tun_qconn *c)
         return;
     }
     ngtcp2_tstamp now = tun__now();
-    uint64_t ms = expiry > now ? (expiry - now + NGTCP2_MILLISECONDS - 1) / NGTCP2_MILLISECONDS : 0;
+    /* libuv timers have millisecond granularity. Rounding down makes a sub-millisecond pacing
+     * deadline fire on the next loop iteration instead of a whole millisecond late, which
+     * would cap a fast path at one send quantum per millisecond. */
+    uint64_t ms = expiry > now ? (expiry - now) / NGTCP2_MILLISECONDS : 0;
     uv_timer_start(&c->timer, timer_cb, ms, 0);
 }
 
