@@ -122,11 +122,15 @@ int tun_tls_ctx_new(const uint8_t secret[32], int is_server, const char *alpn,
     gnutls_privkey_t priv = NULL;
     gnutls_pcert_st *pc = NULL;
     int rc = import_identity(secret, &priv, &pc);
-    if (rc == 0 && gnutls_certificate_set_key(ctx->cred, NULL, 0, pc, 1, priv) != 0) {
-        gnutls_pcert_deinit(pc);
+    if (rc == 0) {
+        if (gnutls_certificate_set_key(ctx->cred, NULL, 0, pc, 1, priv) != 0) {
+            gnutls_pcert_deinit(pc);
+            gnutls_privkey_deinit(priv);
+            rc = TUN_ECRYPTO;
+        }
+        /* The credentials copied the pcert structure (and own what it points to); the array
+         * itself is still ours. */
         gnutls_free(pc);
-        gnutls_privkey_deinit(priv);
-        rc = TUN_ECRYPTO;
     }
     if (rc != 0) {
         gnutls_certificate_free_credentials(ctx->cred);
