@@ -1,71 +1,127 @@
 #!/bin/sh
-# `make demo`: a guided tour of what this build of tunnel does, run on this machine only.
-# Everything happens in a temporary directory that is removed at the end.
+# `make demo`: a real tunnel on this machine. An echo service, a tunnel server and a tunnel
+# client run on loopback; data goes through the tunnel; then the commands for two machines.
+# Everything lives in a temporary directory and every process started here is stopped.
 set -eu
 TUNNEL=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
 work=$(mktemp -d "${TMPDIR:-/tmp}/tunnel-demo-XXXXXX")
 export XDG_RUNTIME_DIR="$work/run"
 mkdir -m 700 "$XDG_RUNTIME_DIR"
-pid=""
+pids=""
 cleanup() {
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    for p in $pids; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-run() { printf '$ %s\n' "$*"; "$@"; }
-
+show() { printf '$ %s\n' "$*"; }
+wait_for() { # file pattern
+    i=0
+    while ! grep -q "$2" "$1" 2>/dev/null; do
+        i=$((i + 1))
+        if [ $i -gt 200 ]; then echo "demo: timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1; fi
+        sleep 0.05
+    done
+}
+free_port() {
+    "$TUNNEL" -e 'local uv = require "luv"; local s = uv.new_tcp(); s:bind("127.0.0.1", 0)
+      print(s:getsockname().port); s:close()'
+}
 cd "$work"
-step "1. A server identity: an Ed25519 key; its public half is the EndpointId clients pin"
-run "$TUNNEL" generate-server-key --output server.key
-printf 'file mode: %s\n' "$(stat -c %a server.key)"
-run "$TUNNEL" show-server-id --secret-file server.key
 
-step "2. Authentication tokens (18 characters with a Luhn mod 65 check character)"
-run "$TUNNEL" generate-token --count 3 | tee tokens.txt
-
-step "3. A Nostr identity for nostr mode"
-run "$TUNNEL" generate-nostr-key --output nostr.nsec
-run "$TUNNEL" show-npub --nsec-file nostr.nsec
-
-step "4. Lua on the event loop: a script that serves TCP, and a REPL attached to it"
+step "1. An echo service (a stand-in for SSH, a database, ...) on 127.0.0.1"
+ECHO_PORT=$(free_port)
 cat > echo.lua <<'LUA'
--- A tiny TCP echo service on the tunnel runtime; `tunnel attach demo` can inspect it.
-local tunnel = require "tunnel"
+-- TCP echo service on the tunnel runtime (any TCP service would do).
 local uv = require "luv"
-local served = 0
 local server = uv.new_tcp()
-assert(server:bind("127.0.0.1", 0))
-assert(server:listen(16, function()
+assert(server:bind("127.0.0.1", tonumber(arg[1])))
+assert(server:listen(64, function()
   local c = uv.new_tcp()
   server:accept(c)
-  served = served + 1
   c:read_start(function(err, data)
     if data then c:write(data) else c:close() end
   end)
 end))
-tunnel.log.info("echo service on 127.0.0.1:%d", server:getsockname().port)
-require("tunnel.repl").add_stats("echo", function() return { connections = served } end)
+io.stdout:write("echo service on 127.0.0.1:", arg[1], "\n"); io.stdout:flush()
 LUA
-"$TUNNEL" --name demo echo.lua 2> echo.log &
-pid=$!
-i=0
-while ! "$TUNNEL" attach --list 2>/dev/null | grep -q demo; do
-    i=$((i + 1)); [ $i -gt 100 ] && { cat echo.log; exit 1; }; sleep 0.05
-done
+"$TUNNEL" echo.lua "$ECHO_PORT" > echo.log 2>&1 &
+pids="$pids $!"
+wait_for echo.log "echo service"
 cat echo.log
-run "$TUNNEL" attach --list
-printf '$ echo "return stats()" | tunnel attach demo\n'
-echo 'return stats()' | "$TUNNEL" attach demo
-printf '$ echo "log_level(\"quic\", \"debug\"); return log_level(\"quic\")" | tunnel attach demo\n'
-echo 'log_level("quic", "debug"); return log_level("quic")' | "$TUNNEL" attach demo
-kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 
-step "Next"
+step "2. The server: an identity, a token, and what clients may reach"
+show "tunnel generate-server-key --output server.key"
+"$TUNNEL" generate-server-key --output server.key
+TOKEN=$("$TUNNEL" generate-token)
+show "tunnel generate-token"
+echo "$TOKEN"
+SERVER_PORT=$(free_port)
+show "tunnel server --secret-file server.key --auth-tokens $TOKEN --allowed-tcp 127.0.0.0/8 --listen 127.0.0.1:$SERVER_PORT"
+"$TUNNEL" --name demo-server server --secret-file server.key --auth-tokens "$TOKEN" \
+    --allowed-tcp 127.0.0.0/8 --listen "127.0.0.1:$SERVER_PORT" > server.out 2> server.log &
+pids="$pids $!"
+wait_for server.out "Listening"
+ID=$("$TUNNEL" show-server-id --secret-file server.key)
+sed 's/^/  /' server.out | head -2
+
+step "3. The client: a local port that leads to the service, through an encrypted QUIC tunnel"
+LOCAL_PORT=$(free_port)
+show "tunnel client --server-node-id $ID --server-addr 127.0.0.1:$SERVER_PORT --auth-token $TOKEN --source tcp://127.0.0.1:$ECHO_PORT --target 127.0.0.1:$LOCAL_PORT"
+"$TUNNEL" --name demo-client client --server-node-id "$ID" --server-addr "127.0.0.1:$SERVER_PORT" \
+    --auth-token "$TOKEN" --source "tcp://127.0.0.1:$ECHO_PORT" \
+    --target "127.0.0.1:$LOCAL_PORT" 2> client.log &
+pids="$pids $!"
+wait_for client.log "forwarding"
+sed 's/^/  /' client.log
+
+step "4. Data through the tunnel: 1 MiB to 127.0.0.1:$LOCAL_PORT and back"
+cat > send.lua <<'LUA'
+-- Send 1 MiB through the forwarded port, read the echo, compare.
+local uv = require "luv"
+local port, n = tonumber(arg[1]), 1024 * 1024
+local chunk = string.rep("tunnel!\n", 128)
+local sent = string.rep(chunk, n / #chunk)
+local got, t0 = {}, uv.hrtime()
+local c = uv.new_tcp()
+c:connect("127.0.0.1", port, function(err)
+  assert(not err, err)
+  c:write(sent)
+  c:read_start(function(rerr, data)
+    assert(not rerr, rerr)
+    if data then got[#got + 1] = data end
+    local all = table.concat(got)
+    if #all >= n then
+      local ms = (uv.hrtime() - t0) / 1e6
+      print(string.format("sent %d bytes, got %d back, %s, in %.1f ms", n, #all,
+        all == sent and "identical" or "DIFFERENT", ms))
+      c:close()
+      if all ~= sent then os.exit(1) end
+    end
+  end)
+end)
+LUA
+show "tunnel send.lua $LOCAL_PORT"
+"$TUNNEL" send.lua "$LOCAL_PORT"
+
+step "5. Inside the running server, with tunnel attach"
+show "echo 'return sessions()' | tunnel attach demo-server"
+echo 'local s = sessions()[1]; return { id = s.id, remote = s.remote, client = s.client_id, rtt_ms = s.quic.rtt_ms, up = s.up, down = s.down }' \
+    | "$TUNNEL" attach demo-server
+
+step "6. On two real machines"
 cat <<TXT
-Port forwarding between two machines (tunnel server / tunnel client) arrives with the QUIC
-transport. Meanwhile try:
-  $TUNNEL repl                      an interactive Lua prompt on the runtime
-  $TUNNEL --help                    every command, with examples
+On the machine with the service (server), with UDP port 4433 open to the client:
+  tunnel generate-server-key --output ~/.config/tunnel/server.key
+  tunnel generate-token > ~/.config/tunnel/tokens
+  tunnel server --secret-file ~/.config/tunnel/server.key \\
+      --auth-tokens-file ~/.config/tunnel/tokens --allowed-tcp 127.0.0.1/32 --listen 0.0.0.0:4433
+On the other machine (client):
+  tunnel client --server-node-id <EndpointId printed by the server> \\
+      --server-addr <server-host>:4433 --auth-token <token> \\
+      --source tcp://127.0.0.1:22 --target 127.0.0.1:2222
+  ssh -p 2222 localhost
+(Relays, discovery by EndpointId alone and NAT traversal arrive with iroh mode.)
 TXT

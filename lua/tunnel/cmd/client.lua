@@ -2,7 +2,7 @@
 local config = require "tunnel.config"
 local client = require "tunnel.client"
 local host = require "tunnel.host"
-local log = require "tunnel.log"
+local log = require("tunnel.log").group("client")
 local uv = require "luv"
 
 local M = {}

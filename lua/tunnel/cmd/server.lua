@@ -1,7 +1,7 @@
 --- `tunnel server`: the port-forwarding server (iroh mode flags; direct addresses for now).
 local config = require "tunnel.config"
 local server = require "tunnel.server"
-local log = require "tunnel.log"
+local log = require("tunnel.log").group("server")
 local uv = require "luv"
 
 local M = {}
