@@ -75,7 +75,9 @@ struct tun_qstream {
     struct tun_qstream *send_next, *send_prev; /* send queue */
     int in_sendq;
     struct sbuf_chunk *head, *tail;
-    uint64_t base;    /* stream offset of head->data[0] */
+    struct sbuf_chunk *vc; /* chunk where the unsent data starts (a cache) */
+    uint64_t vc_off;       /* its stream offset */
+    uint64_t base;         /* stream offset of head->data[0] */
     uint64_t acked;   /* everything below is acknowledged */
     uint64_t sent;    /* handed to ngtcp2 */
     uint64_t written; /* written by the application */

@@ -225,9 +225,23 @@ void tun__qstream_acked(struct tun_qstream *s, uint64_t upto)
 
 size_t tun__qstream_pending_vec(struct tun_qstream *s, ngtcp2_vec *vec, size_t max, int *fin)
 {
-    size_t n = 0;
+    /* Start from the chunk remembered last time instead of walking from the head (a busy
+     * stream holds hundreds of chunks until they are acknowledged). A remembered chunk that
+     * was freed since lies below `base`, which the check catches. */
+    struct sbuf_chunk *ch = s->head;
     uint64_t off = s->base;
-    for (struct sbuf_chunk *ch = s->head; ch && n < max; ch = ch->next) {
+    if (s->vc && s->vc_off >= s->base && s->vc_off <= s->sent) {
+        ch = s->vc;
+        off = s->vc_off;
+    }
+    while (ch && off + ch->len <= s->sent && ch->next) {
+        off += ch->len;
+        ch = ch->next;
+    }
+    s->vc = ch;
+    s->vc_off = off;
+    size_t n = 0;
+    for (; ch && n < max; ch = ch->next) {
         uint64_t end = off + ch->len;
         if (end > s->sent) {
             size_t skip = s->sent > off ? (size_t)(s->sent - off) : 0;
@@ -238,9 +252,7 @@ size_t tun__qstream_pending_vec(struct tun_qstream *s, ngtcp2_vec *vec, size_t m
         off = end;
     }
     /* FIN may ride only on a packet that carries everything that is left. */
-    *fin = s->fin_requested && !s->fin_sent && (n < max || off == s->written);
-    if (n == max && off < s->written)
-        *fin = 0;
+    *fin = s->fin_requested && !s->fin_sent && off == s->written;
     return n;
 }
 
