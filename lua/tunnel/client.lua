@@ -11,6 +11,7 @@ local addr = require "tunnel.addr"
 local server_mod = require "tunnel.server"
 local log = require("tunnel.log").group("fwd")
 local uv = require "luv"
+local host = require "tunnel.host"
 
 local M = {}
 
@@ -54,7 +55,7 @@ local function call(fn, ...)
   if not fn then
     return
   end
-  local ok, err = xpcall(fn, debug.traceback, ...)
+  local ok, err = host.pcall(fn, ...)
   if not ok then
     log.error("client hook failed: %s", tostring(err))
   end

@@ -28,7 +28,7 @@ core.set_shutdown(function()
   hooks = {}
   for i = #list, 1, -1 do
     local ok, err = xpcall(list[i], debug.traceback)
-    if not ok then
+    if not ok and not core.is_exit(err) then
       log.error("shutdown hook failed: %s", tostring(err))
     end
   end
@@ -40,6 +40,23 @@ M.exit = core.exit
 M.stop = core.stop
 --- True once an exit has been requested.
 M.exiting = core.exiting
+--- Whether an error caught with pcall is the unwinding of tunnel.exit(); re-raise it with
+-- error(err, 0) so the exit goes through.
+M.is_exit = core.is_exit
+
+--- xpcall(fn, debug.traceback, ...) that lets tunnel.exit() through. Returns ok, err/results.
+function M.pcall(fn, ...)
+  local r = { xpcall(fn, function(e)
+    if core.is_exit(e) then
+      return e
+    end
+    return debug.traceback(e, 2)
+  end, ...) }
+  if not r[1] and core.is_exit(r[2]) then
+    error(r[2], 0)
+  end
+  return unpack(r, 1, table.maxn(r))
+end
 
 --- Versions of tunnel and of every library it is built on.
 function M.versions()

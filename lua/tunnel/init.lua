@@ -42,6 +42,16 @@ function M.every(seconds, fn)
   return t
 end
 
+--- Start a port-forwarding server: see docs/api/tunnel.server.md.
+function M.server(opts)
+  return require("tunnel.server").new(opts) -- a tail call: misuse errors point at the caller
+end
+
+--- Start a port-forwarding client: see docs/api/tunnel.client.md.
+function M.client(opts)
+  return require("tunnel.client").new(opts)
+end
+
 -- Submodules load on first use, so `require "tunnel"` stays cheap.
 local LAZY = {
   config = "tunnel.config",
@@ -51,6 +61,7 @@ local LAZY = {
   ctl = "tunnel.ctl",
   repl = "tunnel.repl",
   pretty = "tunnel.pretty",
+  policy = "tunnel.policy",
 }
 
 return setmetatable(M, {

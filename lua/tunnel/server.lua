@@ -14,6 +14,7 @@ local policy = require "tunnel.policy"
 local log = require("tunnel.log").group("auth")
 local flog = require("tunnel.log").group("fwd")
 local uv = require "luv"
+local host = require "tunnel.host"
 
 local M = {}
 
@@ -128,7 +129,7 @@ end
 
 -- Call a user hook; an error or a nonsense answer denies (fails closed) and is logged.
 local function call_hook(name, fn, arg)
-  local ok, a, b = xpcall(fn, debug.traceback, arg)
+  local ok, a, b = host.pcall(fn, arg)
   if not ok then
     log.error("%s hook failed (denying): %s", name, tostring(a))
     return false, "denied by server policy (hook error)"
@@ -258,8 +259,8 @@ local function on_event(self, ev)
       call_hook("on_session", self.on_session, s or { id = ev.session })
     end
   elseif t == "refused" then
-    flog.info("session %d: %s://%s:%d refused by the server (code %d)", ev.session, ev.proto,
-      ev.host, ev.port, ev.code)
+    flog.info("session %d: %s://%s:%d refused: %s", ev.session, ev.proto, ev.host, ev.port,
+      ev.reason or ("code " .. ev.code))
   elseif t == "chan_closed" then
     flog.debug("session %d: %s to %s closed (%d bytes up, %d down%s)", ev.session, ev.proto,
       ev.target, ev.up, ev.down, ev.reset and ", reset" or "")

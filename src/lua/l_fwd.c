@@ -16,6 +16,7 @@
 
 #include <lauxlib.h>
 #include <luv/luv.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -166,6 +167,8 @@ static void push_event(lua_State *L, struct lev *e)
         if (e->type == EV_REFUSED) {
             lua_pushinteger(L, e->code);
             lua_setfield(L, -2, "code");
+            lua_pushstring(L, e->why.reason);
+            lua_setfield(L, -2, "reason");
         }
         break;
     case EV_CHAN_CLOSED:
@@ -271,7 +274,6 @@ static void s_on_refused(struct tun_fwd_server *srv, const struct tun_fwd_reques
                          const char *reason, void *ud)
 {
     (void)srv;
-    (void)reason;
     struct lev *e = ev_new(ud, EV_REFUSED);
     if (!e)
         return;
@@ -281,6 +283,7 @@ static void s_on_refused(struct tun_fwd_server *srv, const struct tun_fwd_reques
     e->port = req->port;
     e->code = code;
     ev_text(e, req->host, strlen(req->host));
+    snprintf(e->why.reason, sizeof(e->why.reason), "%s", reason ? reason : "");
 }
 
 static void s_on_chan_closed(struct tun_fwd_server *srv, const struct tun_fwd_chan_info *info,

@@ -50,6 +50,14 @@ static int l_host_set_shutdown(lua_State *L)
     return 0;
 }
 
+/* is_exit(err): whether an error value is the exit sentinel (code that catches errors with
+ * pcall must re-raise it, or tunnel.exit() would not leave). */
+static int l_host_is_exit(lua_State *L)
+{
+    lua_pushboolean(L, tun_lua_is_exit(L, 1));
+    return 1;
+}
+
 static int l_host_versions(lua_State *L)
 {
     lua_newtable(L);
@@ -91,6 +99,7 @@ int luaopen_tunnel_core_host(lua_State *L)
         {"exiting", l_host_exiting},
         {"set_shutdown", l_host_set_shutdown},
         {"versions", l_host_versions},
+        {"is_exit", l_host_is_exit},
         {"dev_mode", l_host_dev_mode},
         {NULL, NULL},
     };
