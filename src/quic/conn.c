@@ -6,6 +6,7 @@
  * tun__qconn_flush(), which the endpoint runs after each receive batch and before the loop
  * blocks.
  */
+#include "identity/identity.h"
 #include "quic/internal.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -387,9 +388,9 @@ void tun__qconn_abort(struct tun_qconn *c, uint64_t code, const char *reason)
 static void describe_identity_failure(struct tun_qconn *c, char *buf, size_t cap)
 {
     if (c->peer.mismatch) {
-        char exp[65], got[65];
-        sodium_bin2hex(exp, sizeof(exp), c->peer.expected, 32);
-        sodium_bin2hex(got, sizeof(got), c->peer.key, 32);
+        char exp[TUN_ENDPOINT_ID_LEN + 1], got[TUN_ENDPOINT_ID_LEN + 1];
+        tun_endpoint_id_format(exp, c->peer.expected);
+        tun_endpoint_id_format(got, c->peer.key);
         snprintf(buf, cap, "server identity mismatch: expected %s, got %s", exp, got);
     } else if (c->peer.wrong_type) {
         snprintf(buf, cap, "peer did not present an Ed25519 raw public key");
@@ -690,12 +691,11 @@ static void finish_close(struct tun_qconn *c)
 int tun__qconn_flush(struct tun_qconn *c)
 {
     if (!c->closed) {
-        if (c->want_close) {
+        /* Send what is queued first: a close often follows a last message (AUTH_FAIL). */
+        apply_stream_ops(c);
+        write_packets(c);
+        if (c->want_close && !c->closed)
             tun__qconn_abort(c, c->close_code, c->close_reason);
-        } else {
-            apply_stream_ops(c);
-            write_packets(c);
-        }
     }
     if (!c->closed && c->ready_pending) {
         c->ready_pending = 0;

@@ -95,7 +95,11 @@ function M.run(args)
       status = "authentication failed: " .. tostring(reason) ..
         " (check --auth-token; the server operator can list valid tokens)"
     end,
-    on_closed = function(cl, why)
+    on_closed = function(cl, why, info)
+      if not status and info and info.app and info.code == 1 and not info.local_close then
+        status = "authentication failed: the server did not accept the token (check " ..
+          "--auth-token)"
+      end
       if not status then
         if cl.ready then
           status = "connection to the server ended: " .. why
