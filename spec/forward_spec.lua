@@ -1,0 +1,532 @@
+-- Port forwarding end to end: a real `tunnel server` and `tunnel client` on 127.0.0.1, with
+-- echo services and checkers from spec/tools/netcheck.py (python3). Deadlines only bound a
+-- test; no result depends on how long something took.
+local H = require "helper"
+local uv = require "luv"
+
+local TOOL = "spec/tools/netcheck.py"
+local MODE_700 = tonumber("700", 8)
+local MiB = 1024 * 1024
+
+-- One test's world: its temp dir, server key and token, and every process it started.
+local T
+
+local function track(p, label)
+  p.label = label
+  T.procs[#T.procs + 1] = p
+  return p
+end
+
+--- The stderr/stdout of every process of this test, for assertion messages.
+local function logs()
+  local parts = {}
+  for _, p in ipairs(T.procs) do
+    parts[#parts + 1] = string.format("--- %s (pid %s, done %s, code %s)\n%s%s", p.label,
+      tostring(p.pid), tostring(p.done), tostring(p.code), p.stdout, p.stderr)
+  end
+  return "\n" .. table.concat(parts, "\n")
+end
+
+local function count(s, pattern)
+  return select(2, s:gsub(pattern, ""))
+end
+
+--- Start netcheck with `args`; opts as for H.spawn.
+local function tool(args, opts)
+  local cmd = { "python3", TOOL }
+  for _, a in ipairs(args) do
+    cmd[#cmd + 1] = tostring(a)
+  end
+  return track(H.spawn(cmd, opts), "netcheck " .. args[1])
+end
+
+--- Run a netcheck check to completion (bounded by `timeout` seconds).
+local function check(args, timeout)
+  return tool(args):wait(timeout or 60)
+end
+
+--- Start a netcheck service (tcp-echo, udp-echo) and return it with the port it listens on.
+local function service(args)
+  local p = tool(args)
+  H.wait_until(function()
+    return p.stdout:match("PORT %d+\n") or p.done
+  end, 20)
+  local port = tonumber(p.stdout:match("PORT (%d+)\n"))
+  assert(port, "netcheck " .. args[1] .. " did not start:" .. logs())
+  return p, port
+end
+
+--- A local port that is free right now (for a client's --target).
+local function free_port(proto)
+  local h = proto == "udp" and uv.new_udp() or uv.new_tcp()
+  assert(h:bind("127.0.0.1", 0))
+  local port = h:getsockname().port
+  h:close()
+  uv.run("nowait")
+  return port
+end
+
+--- Start `tunnel server` on an ephemeral port. o: tcp, udp (lists of CIDRs; default
+-- 127.0.0.0/8 each, {} for none), max_sessions, name, wrap (command prefix).
+local function start_server(o)
+  o = o or {}
+  local cmd = o.wrap and { unpack(o.wrap) } or {}
+  cmd[#cmd + 1] = H.BIN
+  local function add(...)
+    for _, v in ipairs({ ... }) do
+      cmd[#cmd + 1] = tostring(v)
+    end
+  end
+  if o.name then
+    add("--name", o.name)
+  end
+  add("server", "--listen", "127.0.0.1:0", "--secret-file", T.key, "--auth-tokens", T.token)
+  for _, c in ipairs(o.tcp or { "127.0.0.0/8" }) do
+    add("--allowed-tcp", c)
+  end
+  for _, c in ipairs(o.udp or { "127.0.0.0/8" }) do
+    add("--allowed-udp", c)
+  end
+  if o.max_sessions then
+    add("--max-sessions", o.max_sessions)
+  end
+  local p = track(H.spawn(cmd, { env = T.env }), "tunnel server")
+  H.wait_until(function()
+    return p.stdout:match("Listening: [^\n]*:%d+\n") or p.done
+  end, 30)
+  local port = tonumber(p.stdout:match("Listening: [^\n]*:(%d+)\n"))
+  assert(port, "tunnel server did not start:" .. logs())
+  assert.equal(T.id, p.stdout:match("EndpointId: (%S+)\n"))
+  T.server, T.port = p, port
+  return p
+end
+
+--- Start `tunnel client` with the test's server, token and `args` (source/target or -c ...).
+local function start_client(args, o)
+  o = o or {}
+  local cmd = { "client" }
+  if not o.bare then
+    cmd = { "client", "--server-node-id", o.id or T.id, "--server-addr",
+      "127.0.0.1:" .. T.port, "--auth-token", o.token or T.token }
+  end
+  for _, a in ipairs(args) do
+    cmd[#cmd + 1] = tostring(a)
+  end
+  return track(H.start(cmd, { env = T.env }), "tunnel client")
+end
+
+--- Wait until the client says it forwards `n` addresses.
+local function wait_ready(c, n)
+  H.wait_until(function()
+    return count(c.stderr, "forwarding %a+ ") >= (n or 1) or c.done
+  end, 30)
+  assert(not c.done and count(c.stderr, "forwarding %a+ ") >= (n or 1),
+    "the client did not get ready:" .. logs())
+  assert.matches("connected to " .. T.id, c.stderr, 1, true)
+end
+
+--- A client forwarding one `source` to a free local port; returns the client and the port.
+local function forward(source, o)
+  local proto = source:match("^(%a+)://")
+  local lport = free_port(proto)
+  local c = start_client({ "--source", source, "--target", "127.0.0.1:" .. lport }, o)
+  wait_ready(c)
+  assert.matches("forwarding " .. proto .. " 127.0.0.1:" .. lport .. " -> " .. source, c.stderr,
+    1, true)
+  return c, lport
+end
+
+local function new_key(path)
+  local p = H.tunnel({ "generate-server-key", "--output", path })
+  assert.equal(0, p.code, p.stderr)
+  return assert(p.stdout:match("EndpointId: (%w+)"), p.stdout)
+end
+
+local function new_token()
+  local p = H.tunnel({ "generate-token" })
+  assert.equal(0, p.code, p.stderr)
+  return assert(p.stdout:match("^(%S+)\n$"), p.stdout)
+end
+
+--- The reason the client logged for refusing `source`, and the one the server logged.
+local function refusal(c, source)
+  local esc = source:gsub("%p", "%%%0")
+  return c.stderr:match("WARN  fwd: " .. esc .. " refused by the server: ([^\n]+)"),
+    T.server.stderr:match(esc .. " refused: ([^\n]+)")
+end
+
+--- How a test can run `tunnel server` where "localhost" resolves to both 127.0.0.1 and ::1:
+-- {} when it already does here, else a command prefix that gives the server a private
+-- /etc/hosts (unshare -m, needs root), or nil and why neither works.
+local can_unshare
+local function dual_localhost()
+  local function both(text)
+    return text:find("127.0.0.1", 1, true) and text:find("::1", 1, true)
+  end
+  local found = {}
+  for _, r in ipairs(uv.getaddrinfo("localhost", nil, { socktype = "stream" }) or {}) do
+    found[#found + 1] = r.addr
+  end
+  if both(table.concat(found, " ")) then
+    return {}
+  end
+  local hosts = H.write_file(T.dir .. "/hosts", "127.0.0.1 localhost\n::1 localhost\n")
+  local wrap = { "unshare", "-m", "--", "sh", "-c",
+    'mount --bind "$1" /etc/hosts && shift && exec "$@"', "sh", hosts }
+  if can_unshare == nil then
+    local cmd = { unpack(wrap) }
+    cmd[#cmd + 1] = "getent"
+    cmd[#cmd + 1] = "ahosts"
+    cmd[#cmd + 1] = "localhost"
+    local ok, p = pcall(H.spawn, cmd)
+    can_unshare = ok and both(p:wait(10).stdout) and true or false
+  end
+  if not can_unshare then
+    return nil, "localhost resolves to " .. table.concat(found, ", ") .. " only here (see " ..
+      "/etc/hosts), and a private /etc/hosts for the server (unshare -m) is not available"
+  end
+  return wrap
+end
+
+describe("tunnel port forwarding", function()
+  before_each(function()
+    local dir = H.tmpdir()
+    local run = dir .. "/run"
+    assert(uv.fs_mkdir(run, MODE_700))
+    T = { dir = dir, procs = {}, env = { XDG_RUNTIME_DIR = run } }
+    T.key = dir .. "/server.key"
+    T.id = new_key(T.key)
+    T.token = new_token()
+  end)
+
+  after_each(function()
+    for _, p in ipairs(T.procs) do
+      p:kill("sigkill")
+    end
+    for _, p in ipairs(T.procs) do
+      p:wait(10)
+    end
+    H.cleanup()
+  end)
+
+  describe("TCP", function()
+    it("carries 200 MiB both ways intact", function()
+      local echo, eport = service({ "tcp-echo", "--port", 0 })
+      start_server()
+      local _, lport = forward("tcp://127.0.0.1:" .. eport)
+      local n = 200 * MiB
+      local p = check({ "tcp-bulk", "--port", lport, "--bytes", n, "--timeout", 290 }, 300)
+      local sent, recv, bytes = p.stdout:match("SENT (%x+) RECV (%x+) BYTES (%d+)")
+      assert.is_not_nil(sent, "no result from tcp-bulk:" .. logs())
+      assert.equal(n, tonumber(bytes), logs())
+      assert.equal(sent, recv, logs())
+      assert.equal(0, p.code, logs())
+      assert.equal(1, count(echo.stdout, "ACCEPT "))
+    end)
+
+    it("serves 200 connections open at the same time", function()
+      local echo, eport = service({ "tcp-echo", "--port", 0 })
+      -- --max-sessions limits forwarded connections at once; the default (100) is too few.
+      start_server({ max_sessions = 1000 })
+      local _, lport = forward("tcp://127.0.0.1:" .. eport)
+      local p = check({ "tcp-many", "--port", lport, "--count", 200, "--bytes", 10000 }, 240)
+      assert.equal("OK 200\n", p.stdout, logs())
+      assert.equal(0, p.code)
+      assert.equal(200, count(echo.stdout, "ACCEPT "))
+    end)
+
+    it("keeps the other direction open after a half-close", function()
+      local echo, eport = service({ "tcp-echo", "--port", 0, "--reply-after-eof",
+        "answer sent after your EOF" })
+      start_server()
+      local _, lport = forward("tcp://127.0.0.1:" .. eport)
+      local p = check({ "tcp-halfclose", "--port", lport, "--send", "hello world" })
+      assert.equal("RECV answer sent after your EOF\n", p.stdout, logs())
+      assert.equal(0, p.code)
+      -- the service saw every byte, then the EOF, before it answered
+      assert.matches("EOF 11\n", echo.stdout)
+    end)
+  end)
+
+  describe("UDP", function()
+    it("sends each local sender only its own replies", function()
+      local echo, eport = service({ "udp-echo", "--port", 0 })
+      start_server()
+      local _, lport = forward("udp://127.0.0.1:" .. eport)
+      local p = check({ "udp-senders", "--port", lport, "--senders", 3, "--count", 50 }, 240)
+      assert.matches("^OK senders=3 count=50", p.stdout, nil, logs())
+      assert.equal(0, p.code)
+      assert.is_true(count(echo.stdout, "PEER ") >= 1)
+    end)
+
+    it("delivers a 60 KB datagram intact (too big for a DATAGRAM frame)", function()
+      local _, eport = service({ "udp-echo", "--port", 0 })
+      start_server()
+      local _, lport = forward("udp://127.0.0.1:" .. eport)
+      local p = check({ "udp-big", "--port", lport, "--size", 60000 }, 60)
+      assert.equal("OK 60000\n", p.stdout, logs())
+      assert.equal(0, p.code)
+    end)
+  end)
+
+  describe("authentication", function()
+    it("rejects a wrong token with a clear message, exit 1", function()
+      start_server()
+      local wrong = new_token()
+      local c = start_client({ "--source", "tcp://127.0.0.1:9", "--target",
+        "127.0.0.1:" .. free_port() }, { token = wrong })
+      c:wait(60)
+      assert.is_nil(c.timed_out, "the client kept running:" .. logs())
+      assert.equal(1, c.code, logs())
+      assert.matches("tunnel: authentication failed: ", c.stderr, 1, true)
+      -- tokens are never logged, not even wrong ones
+      assert.is_nil(c.stderr:find(wrong, 1, true))
+      assert.is_nil(T.server.stderr:find(wrong, 1, true))
+      assert.is_nil(T.server.stderr:find(T.token, 1, true))
+    end)
+
+    it("refuses a server whose EndpointId is not the expected one", function()
+      start_server()
+      local other = new_key(T.dir .. "/other.key")
+      local c = start_client({ "--source", "tcp://127.0.0.1:9", "--target",
+        "127.0.0.1:" .. free_port() }, { id = other })
+      c:wait(60)
+      assert.is_nil(c.timed_out, "the client kept running:" .. logs())
+      assert.equal(1, c.code, logs())
+      assert.matches(("tunnel: cannot connect to 127.0.0.1:%d: server identity mismatch: " ..
+        "expected %s, got %s"):format(T.port, other, T.id), c.stderr, 1, true)
+    end)
+  end)
+
+  describe("allow-lists", function()
+    it("refuses a source outside the allowed networks without connecting to it", function()
+      local echo, eport = service({ "tcp-echo", "--port", 0 })
+      start_server({ tcp = { "10.0.0.0/8" }, udp = { "10.0.0.0/8" } })
+      local source = "tcp://127.0.0.1:" .. eport
+      local c, lport = forward(source)
+      local p = check({ "tcp-hold", "--port", lport, "--count", 1 })
+      assert.equal("OPEN 0 CLOSED 1 PENDING 0\n", p.stdout, logs())
+      H.wait_until(function()
+        return refusal(c, source) or c.done
+      end, 10)
+      local client_reason, server_reason = refusal(c, source)
+      assert.is_not_nil(client_reason, "the client did not log the refusal:" .. logs())
+      assert.equal(server_reason, client_reason)
+      assert.matches("allowed", client_reason)
+      assert.is_false(c.done, "a refused source must not end the client")
+      -- A direct connection as a marker: had the server connected, its ACCEPT would come first.
+      assert.equal("OPEN 1 CLOSED 0 PENDING 0\n",
+        check({ "tcp-hold", "--port", eport, "--count", 1 }).stdout)
+      H.wait_until(function()
+        return count(echo.stdout, "ACCEPT ") >= 1
+      end, 10)
+      assert.equal(1, count(echo.stdout, "ACCEPT "), "the server connected to the source")
+    end)
+
+    it("denies UDP entirely when its allow-list is empty", function()
+      local echo, eport = service({ "udp-echo", "--port", 0 })
+      start_server({ tcp = { "127.0.0.0/8" }, udp = {} })
+      local source = "udp://127.0.0.1:" .. eport
+      local c, lport = forward(source)
+      local p = check({ "udp-senders", "--port", lport, "--senders", 1, "--count", 1,
+        "--retries", 2, "--wait", 1 })
+      assert.matches("^FAIL", p.stdout)
+      H.wait_until(function()
+        return refusal(c, source) or c.done
+      end, 10)
+      local client_reason, server_reason = refusal(c, source)
+      assert.is_not_nil(client_reason, "the client did not log the refusal:" .. logs())
+      assert.equal(server_reason, client_reason)
+      assert.equal(0, count(echo.stdout, "PEER "), "a datagram reached the source")
+    end)
+
+    describe("with a name that resolves to allowed and disallowed addresses", function()
+      local function server_for_localhost(tcp)
+        local wrap, why = dual_localhost()
+        if not wrap then
+          pending(why)
+        end
+        return start_server({ tcp = tcp, wrap = #wrap > 0 and wrap or nil })
+      end
+
+      -- The service listens only on the disallowed address; the allowed one has nothing.
+      for _, case in ipairs({
+        { listen = "::1", allow = "127.0.0.0/8" },
+        { listen = "127.0.0.1", allow = "::1/128" },
+      }) do
+        it(("never reaches %s when only %s is allowed"):format(case.listen, case.allow),
+          function()
+            local echo, eport = service({ "tcp-echo", "--host", case.listen, "--port", 0 })
+            server_for_localhost({ case.allow })
+            local source = "tcp://localhost:" .. eport
+            local c, lport = forward(source)
+            local p = check({ "tcp-hold", "--port", lport, "--count", 1 })
+            assert.equal("OPEN 0 CLOSED 1 PENDING 0\n", p.stdout, logs())
+            H.wait_until(function()
+              return refusal(c, source) or c.done
+            end, 10)
+            assert.is_not_nil(refusal(c, source), "the client did not log the refusal:" ..
+              logs())
+            assert.equal("OPEN 1 CLOSED 0 PENDING 0\n",
+              check({ "tcp-hold", "--host", case.listen, "--port", eport, "--count", 1 }).stdout)
+            H.wait_until(function()
+              return count(echo.stdout, "ACCEPT ") >= 1
+            end, 10)
+            assert.equal(1, count(echo.stdout, "ACCEPT "),
+              "the server connected to a disallowed address")
+          end)
+      end
+
+      it("reaches 127.0.0.1 when 127.0.0.0/8 is allowed", function()
+        local echo, eport = service({ "tcp-echo", "--host", "127.0.0.1", "--port", 0 })
+        server_for_localhost({ "127.0.0.0/8" })
+        local _, lport = forward("tcp://localhost:" .. eport)
+        local p = check({ "tcp-hold", "--port", lport, "--count", 1 })
+        assert.equal("OPEN 1 CLOSED 0 PENDING 0\n", p.stdout, logs())
+        assert.equal(1, count(echo.stdout, "ACCEPT "))
+      end)
+
+      -- Both addresses serve the same port: the connection must land on the allowed one only.
+      for _, case in ipairs({
+        { allow = "::1/128", yes = "::1", no = "127.0.0.1" },
+        { allow = "127.0.0.0/8", yes = "127.0.0.1", no = "::1" },
+      }) do
+        it(("with services on both, reaches only %s when %s is allowed"):format(case.yes,
+          case.allow), function()
+          local first, eport = service({ "tcp-echo", "--host", case.yes, "--port", 0 })
+          local second = service({ "tcp-echo", "--host", case.no, "--port", eport })
+          server_for_localhost({ case.allow })
+          local _, lport = forward("tcp://localhost:" .. eport)
+          local p = check({ "tcp-hold", "--port", lport, "--count", 2 })
+          assert.equal("OPEN 2 CLOSED 0 PENDING 0\n", p.stdout, logs())
+          assert.equal(2, count(first.stdout, "ACCEPT "), logs())
+          -- marker on the other service, as above
+          check({ "tcp-hold", "--host", case.no, "--port", eport, "--count", 1 })
+          H.wait_until(function()
+            return count(second.stdout, "ACCEPT ") >= 1
+          end, 10)
+          assert.equal(1, count(second.stdout, "ACCEPT "),
+            "the server connected to a disallowed address")
+        end)
+      end
+    end)
+  end)
+
+  it("enforces --max-sessions and frees a slot when a connection ends", function()
+    local echo, eport = service({ "tcp-echo", "--port", 0 })
+    start_server({ max_sessions = 2 })
+    local c, lport = forward("tcp://127.0.0.1:" .. eport)
+    local hold = tool({ "tcp-hold", "--port", lport, "--count", 3 }, { stdin = true })
+    assert.is_true(hold:wait_output("OPEN %d+ CLOSED %d+ PENDING %d+\n", 60, "stdout"), logs())
+    assert.equal("OPEN 2 CLOSED 1 PENDING 0\n", hold.stdout, logs())
+    assert.matches("session limit reached", T.server.stderr, 1, true)
+    assert.matches("refused by the server: session limit reached", c.stderr, 1, true)
+    assert.equal(2, count(echo.stdout, "ACCEPT "))
+    hold:close_stdin()
+    hold:wait(30)
+    assert.equal(0, hold.code)
+    -- The slots come back once the held connections are closed (the server learns of it
+    -- asynchronously, so ask again until it does or the deadline ends the test).
+    local last
+    H.wait_until(function()
+      last = check({ "tcp-hold", "--port", lport, "--count", 2 }).stdout
+      return last == "OPEN 2 CLOSED 0 PENDING 0\n"
+    end, 30)
+    assert.equal("OPEN 2 CLOSED 0 PENDING 0\n", last, logs())
+  end)
+
+  describe("when the server goes away", function()
+    for _, case in ipairs({
+      { sig = "sigkill", says = "tunnel: connection to the server ended: " },
+      { sig = "sigterm", says = "tunnel: connection to the server ended: the server shut down" },
+    }) do
+      it("the client reports it and exits 1 (" .. case.sig .. ")", function()
+        local _, eport = service({ "tcp-echo", "--port", 0 })
+        start_server()
+        -- A short idle timeout so that a silently vanished server is noticed quickly.
+        local conf = H.write_file(T.dir .. "/client.toml", table.concat({
+          'role = "client"',
+          "[iroh.transport]",
+          "idle_timeout = 3",
+          "keep_alive_interval = 1",
+        }, "\n") .. "\n")
+        local lport = free_port()
+        local c = start_client({ "-c", conf, "--source", "tcp://127.0.0.1:" .. eport,
+          "--target", "127.0.0.1:" .. lport })
+        wait_ready(c)
+        assert.equal("OPEN 1 CLOSED 0 PENDING 0\n",
+          check({ "tcp-hold", "--port", lport, "--count", 1 }).stdout, logs())
+        T.server:kill(case.sig)
+        c:wait(90)
+        assert.is_nil(c.timed_out, "the client did not notice:" .. logs())
+        assert.equal(1, c.code, logs())
+        assert.matches(case.says, c.stderr, 1, true)
+        if case.sig == "sigterm" then
+          T.server:wait(30)
+          assert.equal(0, T.server.code, logs())
+        end
+      end)
+    end
+  end)
+
+  it("runs several forwards from one config file", function()
+    local a, aport = service({ "tcp-echo", "--port", 0 })
+    local b, bport = service({ "tcp-echo", "--port", 0 })
+    start_server()
+    local la = free_port()
+    local lb
+    repeat
+      lb = free_port()
+    until lb ~= la
+    local conf = H.write_file(T.dir .. "/client.toml", table.concat({
+      'role = "client"',
+      'mode = "iroh"',
+      "[iroh]",
+      ('server_node_id = "%s"'):format(T.id),
+      ('auth_token = "%s"'):format(T.token),
+      ('server_addrs = ["127.0.0.1:%d"]'):format(T.port),
+      "[[iroh.forward]]",
+      ('source = "tcp://127.0.0.1:%d"'):format(aport),
+      ('target = "127.0.0.1:%d"'):format(la),
+      "[[iroh.forward]]",
+      ('source = "tcp://127.0.0.1:%d"'):format(bport),
+      ('target = "127.0.0.1:%d"'):format(lb),
+    }, "\n") .. "\n")
+    local c = start_client({ "-c", conf }, { bare = true })
+    wait_ready(c, 2)
+    for _, f in ipairs({ { la, a, b }, { lb, b, a } }) do
+      local lport, to, other = f[1], f[2], f[3]
+      local before = count(other.stdout, "ACCEPT ")
+      local p = check({ "tcp-bulk", "--port", lport, "--bytes", MiB })
+      assert.matches("BYTES " .. MiB .. "\n", p.stdout, 1, true)
+      assert.equal(0, p.code, logs())
+      assert.equal(1, count(to.stdout, "ACCEPT "))
+      assert.equal(before, count(other.stdout, "ACCEPT "))
+    end
+  end)
+
+  it("lists sessions in the REPL and kick() ends one", function()
+    local _, eport = service({ "tcp-echo", "--port", 0 })
+    local name = "fwd-spec-" .. uv.os_getpid()
+    start_server({ name = name })
+    local c = forward("tcp://127.0.0.1:" .. eport)
+    local function attach(code)
+      return H.tunnel({ "attach", name }, { stdin = code, env = T.env, timeout = 30 })
+    end
+    local a = attach("return sessions()\n")
+    assert.equal(0, a.code, a.stderr .. logs())
+    assert.matches("id = %d+", a.stdout)
+    a = attach("return #sessions(), sessions()[1].id\n")
+    assert.equal(0, a.code, a.stderr)
+    local id = a.stdout:match("^1\t(%d+)\n$")
+    assert.is_not_nil(id, "expected one session, got: " .. a.stdout)
+    a = attach(("return kick(%s)\n"):format(id))
+    assert.equal(0, a.code, a.stderr)
+    assert.equal("true\n", a.stdout)
+    c:wait(30)
+    assert.is_nil(c.timed_out, "the kicked client kept running:" .. logs())
+    assert.equal(1, c.code, logs())
+    assert.matches("tunnel: [^\n]*kicked", c.stderr)
+    assert.is_false(T.server.done, "kicking a session must not stop the server")
+  end)
+end)
