@@ -380,6 +380,12 @@ static void obj_close(struct lobj *o)
         tun_fwd_client_close(o->cli, NULL, NULL);
     o->closed = 1;
     lua_State *L = o->L;
+    /* The Lua object outlives the C one (it is freed after its handles close): forget it. */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, o->self_ref);
+    struct lobj **p = lua_touserdata(L, -1);
+    if (p && *p == o)
+        *p = NULL;
+    lua_pop(L, 1);
     luaL_unref(L, LUA_REGISTRYINDEX, o->cb_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, o->self_ref);
     o->cb_ref = o->self_ref = LUA_NOREF;

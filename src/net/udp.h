@@ -64,7 +64,8 @@ struct tun_udp_stats {
     uint64_t rx_calls;     /* recvmmsg syscalls that returned data */
     uint64_t rx_gro;       /* received datagrams that the kernel had coalesced (GRO) */
     uint64_t rx_truncated; /* datagrams dropped because they did not fit the buffer */
-    uint64_t rx_drops;     /* datagrams the kernel dropped on this socket (SO_RXQ_OVFL) */
+    uint64_t rx_drops;     /* datagrams the kernel dropped on this socket for want of buffer
+                              space (SO_RXQ_OVFL); learnt from the next datagram that arrives */
     uint64_t tx_packets;   /* datagrams handed to the kernel (each GSO segment counts) */
     uint64_t tx_bytes;     /* their payload bytes */
     uint64_t tx_calls;     /* sendmsg/sendmmsg syscalls, successful or not */
