@@ -192,6 +192,19 @@ static int recv_datagram_cb(ngtcp2_conn *conn, uint32_t flags, const uint8_t *da
     return 0;
 }
 
+static int path_validation_cb(ngtcp2_conn *conn, uint32_t flags, const ngtcp2_path *path,
+                              ngtcp2_path_validation_result res, void *user_data)
+{
+    (void)conn;
+    (void)flags;
+    (void)path;
+    struct tun_qconn *c = user_data;
+    tun_log_debug(QUIC, "conn %llu: path validation %s", (unsigned long long)c->id,
+                  res == NGTCP2_PATH_VALIDATION_RESULT_SUCCESS ? "succeeded" : "failed");
+    tun__qep_mark_dirty(c->ep, c);
+    return 0;
+}
+
 static void ngtcp2_log_cb(void *user_data, const char *fmt, ...)
 {
     (void)user_data;
@@ -233,15 +246,17 @@ static void fill_callbacks(ngtcp2_callbacks *cb, int is_server)
     cb->stream_stop_sending = stop_sending_cb;
     cb->extend_max_stream_data = extend_max_stream_data_cb;
     cb->recv_datagram = recv_datagram_cb;
+    cb->path_validation = path_validation_cb;
 }
 
 static const ngtcp2_cc_algo cc_map[] = {NGTCP2_CC_ALGO_BBR, NGTCP2_CC_ALGO_CUBIC,
                                         NGTCP2_CC_ALGO_RENO};
 
-int tun__qconn_new(struct tun_qep *ep, int is_server, const struct sockaddr *remote,
-                   socklen_t remotelen, const ngtcp2_pkt_hd *hd, const uint8_t *server_key,
-                   struct tun_qconn **out)
+int tun__qconn_new(struct tun_qep *ep, int is_server, const struct sockaddr *local,
+                   const struct sockaddr *remote, const ngtcp2_pkt_hd *hd,
+                   const uint8_t *server_key, struct tun_qconn **out)
 {
+    socklen_t remotelen = tun__sa_len(remote);
     struct tun_qconn *c = calloc(1, sizeof(*c));
     if (!c)
         return TUN_ENOMEM;
@@ -249,6 +264,8 @@ int tun__qconn_new(struct tun_qep *ep, int is_server, const struct sockaddr *rem
     c->id = ++ep->next_conn_id;
     memcpy(&c->remote, remote, remotelen);
     c->remotelen = remotelen;
+    c->locallen = tun__sa_len(local);
+    memcpy(&c->local, local, c->locallen);
     c->conn_ref.get_conn = get_conn;
     c->conn_ref.user_data = c;
     if (server_key) {
@@ -285,7 +302,7 @@ int tun__qconn_new(struct tun_qep *ep, int is_server, const struct sockaddr *rem
     scid.datalen = TUN_QUIC_CIDLEN;
     randombytes_buf(scid.data, scid.datalen);
     ngtcp2_path path = {
-        {(ngtcp2_sockaddr *)&ep->local, ep->locallen},
+        {(ngtcp2_sockaddr *)&c->local, c->locallen},
         {(ngtcp2_sockaddr *)&c->remote, c->remotelen},
         NULL,
     };
@@ -370,7 +387,8 @@ static void close_with(struct tun_qconn *c, const ngtcp2_connection_close_error 
         ngtcp2_ssize n = ngtcp2_conn_write_connection_close(c->conn, &ps.path, &pi, buf,
                                                             sizeof(buf), ccerr, tun__now());
         if (n > 0)
-            tun__qep_send(c->ep, (const struct sockaddr *)ps.path.remote.addr, buf, (size_t)n, 0);
+            tun__qep_send(c->ep, (const struct sockaddr *)ps.path.local.addr,
+                          (const struct sockaddr *)ps.path.remote.addr, buf, (size_t)n, 0);
     }
     int app = ccerr->type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_APPLICATION;
     set_closed(c, 1, app, ccerr->error_code, err, reason, reason ? strlen(reason) : 0);
@@ -437,15 +455,14 @@ static void on_conn_error(struct tun_qconn *c, int rv)
     }
 }
 
-void tun__qconn_read(struct tun_qconn *c, const struct sockaddr *from, const uint8_t *data,
-                     size_t len, unsigned ecn)
+void tun__qconn_read(struct tun_qconn *c, const struct sockaddr *local, const struct sockaddr *from,
+                     const uint8_t *data, size_t len, unsigned ecn)
 {
     if (c->closed)
         return;
     ngtcp2_path path = {
-        {(ngtcp2_sockaddr *)&c->ep->local, c->ep->locallen},
-        {(ngtcp2_sockaddr *)from,
-         from->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in)},
+        {(ngtcp2_sockaddr *)local, tun__sa_len(local)},
+        {(ngtcp2_sockaddr *)from, tun__sa_len(from)},
         NULL,
     };
     ngtcp2_pkt_info pi = {.ecn = (uint8_t)ecn};
@@ -526,7 +543,7 @@ static int write_packets(struct tun_qconn *c)
     uint8_t *buf = ep->txbuf;
     size_t off = 0, npkts = 0, segsize = 0;
     ngtcp2_ssize nwrite = 0;
-    struct sockaddr_storage dest;
+    struct sockaddr_storage dest, dlocal;
     socklen_t destlen = 0;
 
     for (;;) {
@@ -596,10 +613,12 @@ static int write_packets(struct tun_qconn *c)
             break;
 
         /* A packet is ready at buf + off. Does it extend the current batch? */
-        int fits =
-            npkts == 0 || (same_addr(&ps.path.remote, &dest, destlen) && (size_t)nwrite <= segsize);
+        int fits = npkts == 0 || (same_addr(&ps.path.remote, &dest, destlen) &&
+                                  tun__sa_equal(ps.path.local.addr, (struct sockaddr *)&dlocal) &&
+                                  (size_t)nwrite <= segsize);
         if (!fits) {
-            if (tun__qep_send(ep, (struct sockaddr *)&dest, buf, off, segsize) != 0)
+            if (tun__qep_send(ep, (struct sockaddr *)&dlocal, (struct sockaddr *)&dest, buf, off,
+                              segsize) != 0)
                 c->write_blocked = 1;
             memmove(buf, buf + off, (size_t)nwrite);
             off = 0;
@@ -608,6 +627,7 @@ static int write_packets(struct tun_qconn *c)
         if (npkts == 0) {
             memcpy(&dest, ps.path.remote.addr, ps.path.remote.addrlen);
             destlen = ps.path.remote.addrlen;
+            memcpy(&dlocal, ps.path.local.addr, ps.path.local.addrlen);
             segsize = (size_t)nwrite;
         }
         off += (size_t)nwrite;
@@ -617,7 +637,8 @@ static int write_packets(struct tun_qconn *c)
         /* A short packet ends a GSO batch; so does reaching the pacing quantum. */
         if ((size_t)nwrite < segsize || npkts >= maxpkts) {
             int quantum_used = npkts >= maxpkts;
-            if (tun__qep_send(ep, (struct sockaddr *)&dest, buf, off, segsize) != 0)
+            if (tun__qep_send(ep, (struct sockaddr *)&dlocal, (struct sockaddr *)&dest, buf, off,
+                              segsize) != 0)
                 c->write_blocked = 1;
             off = 0;
             npkts = 0;
@@ -628,7 +649,8 @@ static int write_packets(struct tun_qconn *c)
             break;
     }
     if (npkts) {
-        if (tun__qep_send(ep, (struct sockaddr *)&dest, buf, off, segsize) != 0)
+        if (tun__qep_send(ep, (struct sockaddr *)&dlocal, (struct sockaddr *)&dest, buf, off,
+                          segsize) != 0)
             c->write_blocked = 1;
     }
     ngtcp2_conn_update_pkt_tx_time(c->conn, ts);
@@ -838,6 +860,44 @@ int tun_qconn_send_datagram(struct tun_qconn *c, const uint8_t *data, size_t len
     c->dq_len++;
     tun__qep_mark_dirty(c->ep, c);
     return 0;
+}
+
+int tun_qconn_migrate(struct tun_qconn *c, const struct sockaddr *local,
+                      const struct sockaddr *remote, int validate)
+{
+    if (c->closed || c->want_close)
+        return TUN_ECLOSED;
+    ngtcp2_path path = {
+        {(ngtcp2_sockaddr *)local, tun__sa_len(local)},
+        {(ngtcp2_sockaddr *)remote, tun__sa_len(remote)},
+        NULL,
+    };
+    /* Safe outside callbacks only: migrate is never called from one of ours (sync callbacks
+     * run inside packet processing, and the contract of quic.h forbids it there). */
+    int rv = validate ? ngtcp2_conn_initiate_migration(c->conn, &path, tun__now())
+                      : ngtcp2_conn_initiate_immediate_migration(c->conn, &path, tun__now());
+    switch (rv) {
+    case 0:
+        tun__qep_mark_dirty(c->ep, c);
+        return 0;
+    case NGTCP2_ERR_INVALID_STATE:
+    case NGTCP2_ERR_CONN_ID_BLOCKED:
+        return TUN_EAGAIN;
+    case NGTCP2_ERR_INVALID_ARGUMENT:
+        return TUN_EINVAL;
+    default:
+        return TUN_EINTERNAL;
+    }
+}
+
+void tun_qconn_path(struct tun_qconn *c, struct sockaddr_storage *local,
+                    struct sockaddr_storage *remote)
+{
+    const ngtcp2_path *p = ngtcp2_conn_get_path(c->conn);
+    memset(local, 0, sizeof(*local));
+    memset(remote, 0, sizeof(*remote));
+    memcpy(local, p->local.addr, p->local.addrlen);
+    memcpy(remote, p->remote.addr, p->remote.addrlen);
 }
 
 void tun_qconn_close(struct tun_qconn *c, uint64_t code, const char *reason)

@@ -190,9 +190,36 @@ static void writable_cb(struct tun_udp *u, void *ud)
     }
 }
 
-int tun__qep_send(struct tun_qep *ep, const struct sockaddr *to, const uint8_t *data, size_t len,
-                  size_t segsize)
+socklen_t tun__sa_len(const struct sockaddr *a)
 {
+    return a->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+}
+
+int tun__sa_equal(const struct sockaddr *a, const struct sockaddr *b)
+{
+    if (a->sa_family != b->sa_family)
+        return 0;
+    if (a->sa_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+}
+
+int tun__qep_send(struct tun_qep *ep, const struct sockaddr *local, const struct sockaddr *to,
+                  const uint8_t *data, size_t len, size_t segsize)
+{
+    if (local && !tun__sa_equal(local, (const struct sockaddr *)&ep->local)) {
+        /* Not the socket's path: hand each packet to the path sender (a relay). */
+        if (!ep->path_send)
+            return 0;
+        size_t seg = segsize ? segsize : len;
+        for (size_t off = 0; off < len; off += seg)
+            ep->path_send(ep->path_send_ud, local, to, data + off,
+                          len - off < seg ? len - off : seg);
+        return 0;
+    }
     size_t sent = 0;
     int rc = tun_udp_send(ep->udp, to, data, len, segsize ? segsize : len, &sent);
     if (rc == TUN_EAGAIN) {
@@ -208,8 +235,9 @@ int tun__qep_send(struct tun_qep *ep, const struct sockaddr *to, const uint8_t *
 
 /* ---- receive ---------------------------------------------------------------------------- */
 
-static void send_stateless_reset(struct tun_qep *ep, const struct sockaddr *from,
-                                 const uint8_t *dcid, size_t dcidlen, size_t pktlen)
+static void send_stateless_reset(struct tun_qep *ep, const struct sockaddr *local,
+                                 const struct sockaddr *from, const uint8_t *dcid, size_t dcidlen,
+                                 size_t pktlen)
 {
     /* A reset must be shorter than the packet that caused it (no amplification loops) and at
      * least 41 bytes (RFC 9000 10.3.3). */
@@ -222,11 +250,11 @@ static void send_stateless_reset(struct tun_qep *ep, const struct sockaddr *from
     ngtcp2_ssize n = ngtcp2_pkt_write_stateless_reset(buf, len, token, rnd,
                                                       len - NGTCP2_STATELESS_RESET_TOKENLEN);
     if (n > 0)
-        tun__qep_send(ep, from, buf, (size_t)n, 0);
+        tun__qep_send(ep, local, from, buf, (size_t)n, 0);
 }
 
-static void send_version_negotiation(struct tun_qep *ep, const struct sockaddr *from,
-                                     const ngtcp2_version_cid *vc)
+static void send_version_negotiation(struct tun_qep *ep, const struct sockaddr *local,
+                                     const struct sockaddr *from, const ngtcp2_version_cid *vc)
 {
     uint8_t buf[256];
     uint32_t sv[] = {NGTCP2_PROTO_VER_V1};
@@ -235,21 +263,19 @@ static void send_version_negotiation(struct tun_qep *ep, const struct sockaddr *
     ngtcp2_ssize n = ngtcp2_pkt_write_version_negotiation(
         buf, sizeof(buf), r, vc->scid, vc->scidlen, vc->dcid, vc->dcidlen, sv, 1);
     if (n > 0)
-        tun__qep_send(ep, from, buf, (size_t)n, 0);
+        tun__qep_send(ep, local, from, buf, (size_t)n, 0);
 }
 
-static void recv_cb(struct tun_udp *u, const struct sockaddr *from, const uint8_t *data, size_t len,
-                    unsigned ecn, void *ud)
+static void route(struct tun_qep *ep, const struct sockaddr *local, const struct sockaddr *from,
+                  const uint8_t *data, size_t len, unsigned ecn)
 {
-    (void)u;
-    struct tun_qep *ep = ud;
     if (ep->closing || len == 0)
         return;
     ngtcp2_version_cid vc;
     int rv = ngtcp2_pkt_decode_version_cid(&vc, data, len, TUN_QUIC_CIDLEN);
     if (rv == NGTCP2_ERR_VERSION_NEGOTIATION) {
         if (ep->is_server)
-            send_version_negotiation(ep, from, &vc);
+            send_version_negotiation(ep, local, from, &vc);
         return;
     }
     if (rv != 0)
@@ -259,21 +285,39 @@ static void recv_cb(struct tun_udp *u, const struct sockaddr *from, const uint8_
         if (!ep->is_server)
             return;
         if (!(data[0] & 0x80)) {
-            send_stateless_reset(ep, from, vc.dcid, vc.dcidlen, len);
+            send_stateless_reset(ep, local, from, vc.dcid, vc.dcidlen, len);
             return;
         }
         ngtcp2_pkt_hd hd;
         if (ngtcp2_accept(&hd, data, len) != 0)
             return;
-        socklen_t fl =
-            from->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-        if (tun__qconn_new(ep, 1, from, fl, &hd, NULL, &c) != 0)
+        if (tun__qconn_new(ep, 1, local, from, &hd, NULL, &c) != 0)
             return;
         tun_log_debug(QUIC, "conn %llu: new connection", (unsigned long long)c->id);
         if (ep->cbs.on_conn)
             ep->cbs.on_conn(ep, c, ep->ud);
     }
-    tun__qconn_read(c, from, data, len, ecn);
+    tun__qconn_read(c, local, from, data, len, ecn);
+}
+
+static void recv_cb(struct tun_udp *u, const struct sockaddr *from, const uint8_t *data, size_t len,
+                    unsigned ecn, void *ud)
+{
+    (void)u;
+    struct tun_qep *ep = ud;
+    route(ep, (const struct sockaddr *)&ep->local, from, data, len, ecn);
+}
+
+void tun_qep_input(struct tun_qep *ep, const struct sockaddr *local, const struct sockaddr *remote,
+                   const uint8_t *data, size_t len)
+{
+    route(ep, local, remote, data, len, 0);
+}
+
+void tun_qep_set_path_sender(struct tun_qep *ep, tun_qep_path_send_fn fn, void *ud)
+{
+    ep->path_send = fn;
+    ep->path_send_ud = ud;
 }
 
 static void batch_cb(struct tun_udp *u, void *ud)
@@ -336,10 +380,9 @@ int tun_qep_connect(struct tun_qep *ep, const struct sockaddr *remote, const uin
 {
     if (ep->closing)
         return TUN_ECLOSED;
-    socklen_t rl =
-        remote->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
     struct tun_qconn *c;
-    int rc = tun__qconn_new(ep, 0, remote, rl, NULL, server_key, &c);
+    int rc =
+        tun__qconn_new(ep, 0, (const struct sockaddr *)&ep->local, remote, NULL, server_key, &c);
     if (rc != 0)
         return rc;
     tun_qconn_set_cbs(c, cbs, ud);

@@ -61,6 +61,8 @@ struct tun_qep {
     size_t nfree_chunks;
     uint8_t txbuf[TUN_QUIC_MAX_BATCH * TUN_QUIC_MAX_PKT];
 
+    tun_qep_path_send_fn path_send; /* packets for relay paths */
+    void *path_send_ud;
     void (*user_closed_cb)(void *);
     void *user_closed_ud;
     int pending_closes; /* handles still closing (connection timers, socket, idle) */
@@ -78,9 +80,9 @@ struct tun_qstream {
     struct sbuf_chunk *vc; /* chunk where the unsent data starts (a cache) */
     uint64_t vc_off;       /* its stream offset */
     uint64_t base;         /* stream offset of head->data[0] */
-    uint64_t acked;   /* everything below is acknowledged */
-    uint64_t sent;    /* handed to ngtcp2 */
-    uint64_t written; /* written by the application */
+    uint64_t acked;        /* everything below is acknowledged */
+    uint64_t sent;         /* handed to ngtcp2 */
+    uint64_t written;      /* written by the application */
     uint64_t consume_pending;
     uint64_t reset_code;
     unsigned fin_requested : 1, fin_sent : 1, reset_requested : 1, reset_done : 1, blocked : 1,
@@ -99,8 +101,10 @@ struct tun_qconn {
     struct tun_qconn *next, *prev; /* endpoint list */
     struct tun_qconn *dirty_next;
     int in_dirty;
-    struct sockaddr_storage remote;
+    struct sockaddr_storage remote; /* current path */
     socklen_t remotelen;
+    struct sockaddr_storage local; /* the connection's first path's local address */
+    socklen_t locallen;
     uv_timer_t timer;
     struct tun_qstream *streams;
     struct tun_qstream *sendq_head, *sendq_tail;
@@ -124,17 +128,21 @@ void tun__qep_remove_cid(struct tun_qep *ep, const uint8_t *id, size_t len);
 void tun__qep_mark_dirty(struct tun_qep *ep, struct tun_qconn *c);
 void tun__qep_reset_token(struct tun_qep *ep, const uint8_t *cid, size_t cidlen,
                           uint8_t token[NGTCP2_STATELESS_RESET_TOKENLEN]);
-int tun__qep_send(struct tun_qep *ep, const struct sockaddr *to, const uint8_t *data, size_t len,
-                  size_t segsize);
+/* Send from `local` (NULL: the socket) to `to`; paths with another local address (relay
+ * paths) go to the endpoint's path sender. */
+int tun__qep_send(struct tun_qep *ep, const struct sockaddr *local, const struct sockaddr *to,
+                  const uint8_t *data, size_t len, size_t segsize);
+int tun__sa_equal(const struct sockaddr *a, const struct sockaddr *b);
+socklen_t tun__sa_len(const struct sockaddr *a);
 uint64_t tun__now(void);
 void tun__qep_handle_closed(struct tun_qep *ep); /* a connection timer finished closing */
 
 /* conn.c */
-int tun__qconn_new(struct tun_qep *ep, int is_server, const struct sockaddr *remote,
-                   socklen_t remotelen, const ngtcp2_pkt_hd *hd, const uint8_t *server_key,
-                   struct tun_qconn **out);
-void tun__qconn_read(struct tun_qconn *c, const struct sockaddr *from, const uint8_t *data,
-                     size_t len, unsigned ecn);
+int tun__qconn_new(struct tun_qep *ep, int is_server, const struct sockaddr *local,
+                   const struct sockaddr *remote, const ngtcp2_pkt_hd *hd,
+                   const uint8_t *server_key, struct tun_qconn **out);
+void tun__qconn_read(struct tun_qconn *c, const struct sockaddr *local, const struct sockaddr *from,
+                     const uint8_t *data, size_t len, unsigned ecn);
 /* Run deferred work: apply stream operations, write packets, deliver deferred events.
  * Returns 1 when the connection was freed. */
 int tun__qconn_flush(struct tun_qconn *c);

@@ -5,9 +5,10 @@
  * ngtcp2 type appears in this header, so layers above never depend on the library's API.
  *
  * Calling rules:
- * - Every tun_q* function may be called from any callback in this header, including on_data:
- *   calls that need ngtcp2 are deferred to the endpoint's next flush, so the library is never
- *   re-entered.
+ * - tun_q* functions may be called from any callback in this header, including on_data: calls
+ *   that need ngtcp2 are deferred to the endpoint's next flush, so the library is never
+ *   re-entered. Two exceptions must not be called from (sync) callbacks: tun_qep_close and
+ *   tun_qconn_migrate (use them from deferred callbacks or other loop callbacks).
  * - Callbacks marked (sync) run inside packet processing: they must not block and must not
  *   call into Lua. Callbacks marked (deferred) run from the endpoint's flush step, outside any
  *   library call.
@@ -98,6 +99,20 @@ int tun_qep_local_addr(struct tun_qep *ep, struct sockaddr_storage *ss);
 /* Close every connection (application code `code`), then the socket; `closed` runs after. */
 void tun_qep_close(struct tun_qep *ep, uint64_t code, void (*closed)(void *ud), void *ud);
 
+/*
+ * Paths other than the UDP socket (a relay, for instance) have a local address that is not the
+ * socket's: often a synthetic one. Packets ngtcp2 writes for such a path go to `fn`, and packets
+ * that arrive on it are fed back with tun_qep_input(). Return 0, or a negative code to count the
+ * packet as lost.
+ */
+typedef int (*tun_qep_path_send_fn)(void *ud, const struct sockaddr *local,
+                                    const struct sockaddr *remote, const uint8_t *data, size_t len);
+void tun_qep_set_path_sender(struct tun_qep *ep, tun_qep_path_send_fn fn, void *ud);
+/* A packet from `remote` that arrived, addressed to `local`, on a path other than the socket.
+ * It is routed like a packet from the socket (a server accepts new connections this way). */
+void tun_qep_input(struct tun_qep *ep, const struct sockaddr *local, const struct sockaddr *remote,
+                   const uint8_t *data, size_t len);
+
 /* Dial `remote`, pinning the server's Ed25519 public key. */
 int tun_qep_connect(struct tun_qep *ep, const struct sockaddr *remote, const uint8_t server_key[32],
                     const struct tun_qconn_cbs *cbs, void *ud, struct tun_qconn **out);
@@ -115,6 +130,21 @@ int tun_qconn_open_stream(struct tun_qconn *c, struct tun_qstream **out);
 int tun_qconn_send_datagram(struct tun_qconn *c, const uint8_t *data, size_t len);
 /* Largest datagram payload that fits the current path (0 if the peer does not accept them). */
 size_t tun_qconn_max_datagram(struct tun_qconn *c);
+/*
+ * Move the connection to the path `local` -> `remote` (client only, once the handshake is
+ * confirmed). `local` must differ from the current path's local address (ngtcp2 0.12 rule): use
+ * the socket's address to return to the UDP path, or a synthetic address for a relay path.
+ * With `validate`, the path is probed first and ngtcp2 switches when it answers; without, it
+ * switches at once. RTT and congestion state restart on the new path. Returns 0, TUN_EAGAIN
+ * (handshake not confirmed yet, or no spare connection ID: try again shortly), TUN_EINVAL
+ * (same local address) or TUN_ECLOSED.
+ */
+int tun_qconn_migrate(struct tun_qconn *c, const struct sockaddr *local,
+                      const struct sockaddr *remote, int validate);
+/* The current path's local and remote addresses. */
+void tun_qconn_path(struct tun_qconn *c, struct sockaddr_storage *local,
+                    struct sockaddr_storage *remote);
+
 /* Close with an application error code and a reason the peer will see. */
 void tun_qconn_close(struct tun_qconn *c, uint64_t code, const char *reason);
 
