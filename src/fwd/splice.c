@@ -6,11 +6,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Bytes from QUIC that the TCP socket did not take at once wait here, in arrival order. */
+/* Bytes from QUIC on their way to the TCP socket: collected while a receive batch is processed,
+ * written with one syscall after it, and kept for a uv_write if the socket did not take all. */
+#define WBUF_CAP (256 * 1024)
 struct wbuf {
     uv_write_t req;
     struct tun_splice *sp;
-    size_t len;
+    size_t len, off; /* bytes held; bytes already written by uv_try_write */
     uint8_t data[];
 };
 
@@ -20,7 +22,10 @@ struct tun_splice {
     tun_splice_done_cb done;
     void *ud;
     uint64_t up, down;
-    size_t queued; /* bytes in uv_write requests not yet completed */
+    size_t queued;     /* bytes in uv_write requests not yet completed */
+    struct wbuf *pend; /* collected this loop iteration, not yet written */
+    struct tun_splice *pend_next;
+    int in_pend;
     unsigned reading : 1, tcp_eof : 1, quic_fin : 1, tcp_shutdown : 1, stream_closed : 1,
         tcp_closing : 1, reset : 1, finished : 1;
     uv_shutdown_t shut;
@@ -31,6 +36,7 @@ struct tun_splice {
 static uint8_t read_buf[65536];
 
 static void maybe_finish(struct tun_splice *sp);
+static void pend_drop(struct tun_splice *sp);
 
 static void tcp_closed_cb(uv_handle_t *h)
 {
@@ -45,6 +51,7 @@ static void close_tcp(struct tun_splice *sp, int reset)
     if (sp->tcp_closing || !sp->tcp)
         return;
     sp->tcp_closing = 1;
+    pend_drop(sp);
     if (reset && uv_tcp_close_reset(sp->tcp, tcp_closed_cb) == 0)
         return;
     uv_close((uv_handle_t *)sp->tcp, tcp_closed_cb);
@@ -129,7 +136,7 @@ static void shutdown_cb(uv_shutdown_t *req, int status)
 
 static void send_tcp_fin(struct tun_splice *sp)
 {
-    if (!sp->quic_fin || sp->queued || sp->tcp_shutdown || sp->tcp_closing || !sp->tcp)
+    if (!sp->quic_fin || sp->queued || sp->pend || sp->tcp_shutdown || sp->tcp_closing || !sp->tcp)
         return;
     sp->shut.data = sp;
     if (uv_shutdown(&sp->shut, (uv_stream_t *)sp->tcp, shutdown_cb) != 0) {
@@ -142,10 +149,11 @@ static void write_cb(uv_write_t *req, int status)
 {
     struct wbuf *w = req->data;
     struct tun_splice *sp = w->sp;
-    sp->queued -= w->len;
+    size_t n = w->len - w->off;
+    sp->queued -= n;
     /* Flow control: the peer may send more only once the bytes reached the TCP socket. */
     if (!sp->stream_closed)
-        tun_qstream_consume(sp->s, w->len);
+        tun_qstream_consume(sp->s, n);
     free(w);
     if (status < 0 && !sp->tcp_closing) {
         sp->reset = 1;
@@ -158,6 +166,75 @@ static void write_cb(uv_write_t *req, int status)
     maybe_finish(sp);
 }
 
+/* Write what was collected: one try_write, and a uv_write for the rest. */
+static void pend_flush(struct tun_splice *sp)
+{
+    struct wbuf *w = sp->pend;
+    sp->pend = NULL;
+    if (!w)
+        return;
+    if (!sp->tcp || sp->tcp_closing) {
+        free(w);
+        return;
+    }
+    if (sp->queued == 0) {
+        uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
+        int n = uv_try_write((uv_stream_t *)sp->tcp, &b, 1);
+        if (n > 0) {
+            w->off = (size_t)n;
+            if (!sp->stream_closed)
+                tun_qstream_consume(sp->s, w->off);
+        }
+    }
+    if (w->off == w->len) {
+        free(w);
+        send_tcp_fin(sp);
+        return;
+    }
+    w->req.data = w;
+    uv_buf_t b = uv_buf_init((char *)w->data + w->off, (unsigned)(w->len - w->off));
+    if (uv_write(&w->req, (uv_stream_t *)sp->tcp, &b, 1, write_cb) != 0) {
+        free(w);
+        tun_splice_abort(sp);
+        return;
+    }
+    sp->queued += w->len - w->off;
+}
+
+/* Splices with collected bytes; one check handle writes them after the loop's poll phase (when
+ * the whole receive batch has been processed). */
+static struct tun_splice *pend_list;
+static uv_check_t pend_check;
+static int pend_check_ready;
+
+static void pend_check_cb(uv_check_t *h)
+{
+    struct tun_splice *list = pend_list;
+    pend_list = NULL;
+    uv_check_stop(h);
+    while (list) {
+        struct tun_splice *sp = list;
+        list = sp->pend_next;
+        sp->in_pend = 0;
+        sp->pend_next = NULL;
+        pend_flush(sp);
+    }
+}
+
+static void pend_drop(struct tun_splice *sp)
+{
+    if (sp->in_pend) {
+        struct tun_splice **pp = &pend_list;
+        while (*pp && *pp != sp)
+            pp = &(*pp)->pend_next;
+        if (*pp)
+            *pp = sp->pend_next;
+        sp->in_pend = 0;
+    }
+    free(sp->pend);
+    sp->pend = NULL;
+}
+
 static void on_data(struct tun_qstream *s, const uint8_t *data, size_t len, void *ud)
 {
     struct tun_splice *sp = ud;
@@ -166,34 +243,39 @@ static void on_data(struct tun_qstream *s, const uint8_t *data, size_t len, void
         return;
     }
     sp->down += len;
-    size_t off = 0;
-    if (sp->queued == 0) {
-        /* Usually the socket takes it all at once: no copy, no allocation. */
-        uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
-        int n = uv_try_write((uv_stream_t *)sp->tcp, &b, 1);
-        if (n > 0) {
-            off = (size_t)n;
-            tun_qstream_consume(s, off);
+    while (len > 0) {
+        if (sp->pend && sp->pend->len == WBUF_CAP)
+            pend_flush(sp);
+        if (!sp->pend) {
+            sp->pend = malloc(sizeof(struct wbuf) + WBUF_CAP);
+            if (!sp->pend) {
+                tun_splice_abort(sp);
+                return;
+            }
+            sp->pend->sp = sp;
+            sp->pend->len = sp->pend->off = 0;
         }
+        size_t n = WBUF_CAP - sp->pend->len;
+        if (n > len)
+            n = len;
+        memcpy(sp->pend->data + sp->pend->len, data, n);
+        sp->pend->len += n;
+        data += n;
+        len -= n;
     }
-    if (off == len)
-        return;
-    struct wbuf *w = malloc(sizeof(*w) + len - off);
-    if (!w) {
-        tun_splice_abort(sp);
-        return;
+    if (!sp->in_pend) {
+        sp->in_pend = 1;
+        sp->pend_next = pend_list;
+        pend_list = sp;
+        if (!pend_check_ready) {
+            /* The check handle lives as long as the process; it is unreferenced so it never
+             * keeps the loop alive, and closed with the loop's other handles at exit. */
+            uv_check_init(sp->tcp->loop, &pend_check);
+            uv_unref((uv_handle_t *)&pend_check);
+            pend_check_ready = 1;
+        }
+        uv_check_start(&pend_check, pend_check_cb);
     }
-    w->sp = sp;
-    w->len = len - off;
-    memcpy(w->data, data + off, w->len);
-    w->req.data = w;
-    uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
-    if (uv_write(&w->req, (uv_stream_t *)sp->tcp, &b, 1, write_cb) != 0) {
-        free(w);
-        tun_splice_abort(sp);
-        return;
-    }
-    sp->queued += w->len;
 }
 
 static void on_fin(struct tun_qstream *s, void *ud)

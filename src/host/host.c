@@ -141,7 +141,11 @@ static void close_luv_handle(uv_handle_t *handle, void *arg)
     if (uv_is_closing(handle))
         return;
     luv_handle_t *data = handle->data;
-    if (!data) {
+    /* A luv handle's data is luv's record, whose ctx is this state's luv context. Anything else
+     * is a C handle that outlives its subsystem by design (a static, unreferenced helper
+     * handle): close it without a callback. */
+    if (!data || data->ctx != luv_context(L)) {
+        tun_log_debug(HOST, "closing a %s handle owned by C", uv_handle_type_name(handle->type));
         uv_close(handle, NULL);
         return;
     }
