@@ -297,6 +297,9 @@ int tun__qconn_new(struct tun_qep *ep, int is_server, const struct sockaddr *loc
     params.max_datagram_frame_size = 65535;
     /* Path migration (relay <-> direct) needs spare connection IDs on both sides. */
     params.active_connection_id_limit = 8;
+    /* The socket is shared with STUN and hole punching, told apart by the QUIC fixed bit
+     * (RFC 9443): the peer must never clear it, so we do not advertise grease_quic_bit. */
+    params.grease_quic_bit = 0;
 
     ngtcp2_cid scid, dcid;
     scid.datalen = TUN_QUIC_CIDLEN;

@@ -271,6 +271,11 @@ static void route(struct tun_qep *ep, const struct sockaddr *local, const struct
 {
     if (ep->closing || len == 0)
         return;
+    if ((data[0] & 0xc0) == 0) {
+        if (ep->other)
+            ep->other(ep->other_ud, local, from, data, len);
+        return;
+    }
     ngtcp2_version_cid vc;
     int rv = ngtcp2_pkt_decode_version_cid(&vc, data, len, TUN_QUIC_CIDLEN);
     if (rv == NGTCP2_ERR_VERSION_NEGOTIATION) {
@@ -312,6 +317,20 @@ void tun_qep_input(struct tun_qep *ep, const struct sockaddr *local, const struc
                    const uint8_t *data, size_t len)
 {
     route(ep, local, remote, data, len, 0);
+}
+
+void tun_qep_set_other_handler(struct tun_qep *ep, tun_qep_other_fn fn, void *ud)
+{
+    ep->other = fn;
+    ep->other_ud = ud;
+}
+
+int tun_qep_send_raw(struct tun_qep *ep, const struct sockaddr *to, const uint8_t *data, size_t len)
+{
+    if (ep->closing)
+        return TUN_ECLOSED;
+    size_t sent = 0;
+    return tun_udp_send(ep->udp, to, data, len, 0, &sent);
 }
 
 void tun_qep_set_path_sender(struct tun_qep *ep, tun_qep_path_send_fn fn, void *ud)

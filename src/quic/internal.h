@@ -61,6 +61,8 @@ struct tun_qep {
     size_t nfree_chunks;
     uint8_t txbuf[TUN_QUIC_MAX_BATCH * TUN_QUIC_MAX_PKT];
 
+    tun_qep_other_fn other; /* non-QUIC datagrams (STUN, hole punching) */
+    void *other_ud;
     tun_qep_path_send_fn path_send; /* packets for relay paths */
     void *path_send_ud;
     void (*user_closed_cb)(void *);

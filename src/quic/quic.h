@@ -113,6 +113,18 @@ void tun_qep_set_path_sender(struct tun_qep *ep, tun_qep_path_send_fn fn, void *
 void tun_qep_input(struct tun_qep *ep, const struct sockaddr *local, const struct sockaddr *remote,
                    const uint8_t *data, size_t len);
 
+/*
+ * The socket is shared with STUN, ICE checks and hole punching: a datagram whose first two bits
+ * are 00 is not QUIC (RFC 9443 demultiplexing; we never grease the QUIC bit) and goes to this
+ * handler instead, with the local address it arrived on. tun_qep_send_raw sends such datagrams
+ * from the endpoint's socket.
+ */
+typedef void (*tun_qep_other_fn)(void *ud, const struct sockaddr *local,
+                                 const struct sockaddr *from, const uint8_t *data, size_t len);
+void tun_qep_set_other_handler(struct tun_qep *ep, tun_qep_other_fn fn, void *ud);
+int tun_qep_send_raw(struct tun_qep *ep, const struct sockaddr *to, const uint8_t *data,
+                     size_t len);
+
 /* Dial `remote`, pinning the server's Ed25519 public key. */
 int tun_qep_connect(struct tun_qep *ep, const struct sockaddr *remote, const uint8_t server_key[32],
                     const struct tun_qconn_cbs *cbs, void *ud, struct tun_qconn **out);
