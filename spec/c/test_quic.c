@@ -162,6 +162,9 @@ static void test_echo(void)
     CHECK(x.srv_fin && x.cli_fin);
     CHECK(x.dgram_back);
     CHECK(x.closed && x.why.local && x.why.app);
+    if (!(x.closed && x.why.local && x.why.app))
+        fprintf(stderr, "closed: local=%d app=%d code=%llu err=%d reason=%s\n", x.why.local,
+                x.why.app, (unsigned long long)x.why.code, x.why.err, x.why.reason);
     CHECK_INT_EQ(x.endpoints_closed, 2);
     CHECK_INT_EQ(uv_loop_close(&loop), 0);
 }
@@ -383,10 +386,30 @@ static void test_migration(void)
     CHECK_INT_EQ(uv_loop_close(&loop), 0);
 }
 
+static void test_demux(void)
+{
+    /* A STUN Binding request: type 0x0001, length 0, the magic cookie, a transaction id. */
+    uint8_t stun[20] = {0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42};
+    CHECK(tun_qep_is_other(stun, sizeof(stun)));
+    CHECK(!tun_qep_is_other(stun, 19));
+    /* A short-header packet with the QUIC bit greased (first bits 00) is still QUIC. */
+    uint8_t quic[40] = {0x03, 0x11, 0x22, 0x33, 0x44, 0x55};
+    CHECK(!tun_qep_is_other(quic, sizeof(quic)));
+    quic[0] = 0x43;
+    CHECK(!tun_qep_is_other(quic, sizeof(quic)));
+    /* Our connection IDs never put the cookie where a short header would show it. */
+    for (int i = 0; i < 1000; i++) {
+        uint8_t cid[16];
+        tun__random_cid(cid, sizeof(cid));
+        CHECK(!(cid[3] == 0x21 && cid[4] == 0x12 && cid[5] == 0xa4 && cid[6] == 0x42));
+    }
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
         return 1;
+    test_demux();
     test_echo();
     test_identity_mismatch();
     test_migration();

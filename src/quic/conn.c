@@ -17,6 +17,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A random connection ID that can never be mistaken for STUN (see tun_qep_is_other): bytes 3-6
+ * of a CID are bytes 4-7 of a short-header packet. */
+void tun__random_cid(uint8_t *id, size_t len)
+{
+    do
+        randombytes_buf(id, len);
+    while (len >= 7 && id[3] == 0x21 && id[4] == 0x12 && id[5] == 0xa4 && id[6] == 0x42);
+}
+
 static struct tun_qconn *conn_of(ngtcp2_conn *conn, void *user_data)
 {
     (void)conn;
@@ -43,7 +52,7 @@ static int get_new_cid_cb(ngtcp2_conn *conn, ngtcp2_cid *cid, uint8_t *token, si
                           void *user_data)
 {
     struct tun_qconn *c = conn_of(conn, user_data);
-    randombytes_buf(cid->data, cidlen);
+    tun__random_cid(cid->data, cidlen);
     cid->datalen = cidlen;
     tun__qep_reset_token(c->ep, cid->data, cidlen, token);
     if (tun__qep_add_cid(c->ep, cid->data, cidlen, c) != 0)
@@ -297,13 +306,13 @@ int tun__qconn_new(struct tun_qep *ep, int is_server, const struct sockaddr *loc
     params.max_datagram_frame_size = 65535;
     /* Path migration (relay <-> direct) needs spare connection IDs on both sides. */
     params.active_connection_id_limit = 8;
-    /* The socket is shared with STUN and hole punching, told apart by the QUIC fixed bit
-     * (RFC 9443): the peer must never clear it, so we do not advertise grease_quic_bit. */
+    /* ngtcp2 0.12 advertises support for greasing the QUIC bit whatever this says; STUN is told
+     * apart by its magic cookie instead (tun_qep_is_other). */
     params.grease_quic_bit = 0;
 
     ngtcp2_cid scid, dcid;
     scid.datalen = TUN_QUIC_CIDLEN;
-    randombytes_buf(scid.data, scid.datalen);
+    tun__random_cid(scid.data, scid.datalen);
     ngtcp2_path path = {
         {(ngtcp2_sockaddr *)&c->local, c->locallen},
         {(ngtcp2_sockaddr *)&c->remote, c->remotelen},

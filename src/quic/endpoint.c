@@ -271,7 +271,7 @@ static void route(struct tun_qep *ep, const struct sockaddr *local, const struct
 {
     if (ep->closing || len == 0)
         return;
-    if ((data[0] & 0xc0) == 0) {
+    if (tun_qep_is_other(data, len)) {
         if (ep->other)
             ep->other(ep->other_ud, local, from, data, len);
         return;
@@ -317,6 +317,16 @@ void tun_qep_input(struct tun_qep *ep, const struct sockaddr *local, const struc
                    const uint8_t *data, size_t len)
 {
     route(ep, local, remote, data, len, 0);
+}
+
+int tun_qep_is_other(const uint8_t *data, size_t len)
+{
+    /* ngtcp2 0.12 always advertises "greasing the QUIC bit" (RFC 9287), so a QUIC packet may
+     * start with 00 like STUN does. The STUN magic cookie at bytes 4-7 settles it: for a short
+     * header those are bytes 3-6 of our own connection ID, which never hold the cookie (see
+     * get_new_cid_cb); a long header never starts with 00. */
+    return len >= 20 && (data[0] & 0xc0) == 0 && data[4] == 0x21 && data[5] == 0x12 &&
+           data[6] == 0xa4 && data[7] == 0x42;
 }
 
 void tun_qep_set_other_handler(struct tun_qep *ep, tun_qep_other_fn fn, void *ud)

@@ -140,6 +140,7 @@ uint64_t tun__now(void);
 void tun__qep_handle_closed(struct tun_qep *ep); /* a connection timer finished closing */
 
 /* conn.c */
+void tun__random_cid(uint8_t *id, size_t len);
 int tun__qconn_new(struct tun_qep *ep, int is_server, const struct sockaddr *local,
                    const struct sockaddr *remote, const ngtcp2_pkt_hd *hd,
                    const uint8_t *server_key, struct tun_qconn **out);

@@ -114,11 +114,14 @@ void tun_qep_input(struct tun_qep *ep, const struct sockaddr *local, const struc
                    const uint8_t *data, size_t len);
 
 /*
- * The socket is shared with STUN, ICE checks and hole punching: a datagram whose first two bits
- * are 00 is not QUIC (RFC 9443 demultiplexing; we never grease the QUIC bit) and goes to this
- * handler instead, with the local address it arrived on. tun_qep_send_raw sends such datagrams
- * from the endpoint's socket.
+ * The socket is shared with STUN, ICE checks and hole punching. A datagram whose first two bits
+ * are 00 and that carries the STUN magic cookie (0x2112A442) at bytes 4-7 is not QUIC (RFC 9443
+ * demultiplexing, made exact by the cookie because ngtcp2 0.12 always lets the peer grease the
+ * QUIC bit): it goes to this handler, with the local address it arrived on. Other non-QUIC
+ * protocols sharing the socket must carry the cookie the same way. tun_qep_send_raw sends such
+ * datagrams from the endpoint's socket.
  */
+int tun_qep_is_other(const uint8_t *data, size_t len);
 typedef void (*tun_qep_other_fn)(void *ud, const struct sockaddr *local,
                                  const struct sockaddr *from, const uint8_t *data, size_t len);
 void tun_qep_set_other_handler(struct tun_qep *ep, tun_qep_other_fn fn, void *ud);
