@@ -8,7 +8,7 @@ local byte, sub, find, match = string.byte, string.sub, string.find, string.matc
 local char, format, gsub = string.char, string.format, string.gsub
 local concat = table.concat
 local floor = math.floor
-local type, tonumber, tostring, pairs = type, tonumber, tostring, pairs
+local type, tonumber, tostring, pairs, next = type, tonumber, tostring, pairs, next
 local setmetatable, getmetatable = setmetatable, getmetatable
 local error, pcall = error, pcall
 local io_open = io.open
@@ -915,15 +915,23 @@ local function parse_document()
   return root
 end
 
+-- The loops below step with next() on purpose: a pairs() loop is compiled as BC_ITERN, which
+-- the LuaJIT in Debian 12 (2.1.0~beta3+git20220320) miscompiles when such loops nest and run
+-- hot (LuaJIT issue #827, fixed upstream in 1cdff194 and follow-ups): iteration stops early,
+-- and the fuzzer also saw crashes in the generated code. next() takes another, correct path.
 local function convert_positions()
   local out = setmetatable({}, {__mode = 'k'})
-  for t, m in pairs(kpos) do
+  local t, m = next(kpos)
+  while t ~= nil do
     local o = {}
-    for k, p in pairs(m) do
+    local k, p = next(m)
+    while k ~= nil do
       local l, c = linecol(p)
       o[k] = {line = l, col = c}
+      k, p = next(m, k)
     end
     out[t] = o
+    t, m = next(kpos, t)
   end
   return out
 end

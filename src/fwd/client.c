@@ -266,11 +266,7 @@ static int same_sockaddr(const struct sockaddr *a, const struct sockaddr *b)
 
 static void udp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
-    (void)h;
-    (void)hint;
-    static char rbuf[65536];
-    buf->base = rbuf;
-    buf->len = sizeof(rbuf);
+    tun_flow_udp_alloc(h, hint, buf);
 }
 
 static void on_udp_recv(uv_udp_t *u, ssize_t n, const uv_buf_t *buf, const struct sockaddr *from,
@@ -480,10 +476,13 @@ int tun_fwd_client_add(struct tun_fwd_client *cl, const struct sockaddr *listen,
     memcpy(fw->source, source, sl + 1);
     int rc;
     if (udp) {
-        rc = uv_udp_init(cl->loop, &fw->udpsock);
+        /* recvmmsg: a burst from a local application costs one syscall, not one each. */
+        rc = uv_udp_init_ex(cl->loop, &fw->udpsock, listen->sa_family | UV_UDP_RECVMMSG);
         fw->udpsock.data = fw;
         if (rc == 0)
             rc = uv_udp_bind(&fw->udpsock, listen, 0);
+        if (rc == 0)
+            tun_flow_udp_buffers(&fw->udpsock);
         if (rc == 0)
             rc = uv_udp_recv_start(&fw->udpsock, udp_alloc, on_udp_recv);
     } else {

@@ -214,22 +214,33 @@ static void on_close(struct tun_qstream *s, void *ud)
     maybe_done(f);
 }
 
-static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+/* One receive area for every UDP socket of this layer: callbacks consume each datagram before
+ * returning, and libuv's recvmmsg mode cuts the area into 64 KiB slots (20 per call). */
+static char udp_rbuf[20 * 65536];
+
+void tun_flow_udp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     (void)h;
     (void)hint;
-    static char rbuf[65536];
-    buf->base = rbuf;
-    buf->len = sizeof(rbuf);
+    buf->base = udp_rbuf;
+    buf->len = sizeof(udp_rbuf);
+}
+
+void tun_flow_udp_buffers(uv_udp_t *u)
+{
+    /* Bursts at hundreds of Mbit/s outrun the default socket buffers (about 200 KiB). */
+    int size = 4 << 20;
+    uv_recv_buffer_size((uv_handle_t *)u, &size);
+    size = 4 << 20;
+    uv_send_buffer_size((uv_handle_t *)u, &size);
 }
 
 static void target_recv_cb(uv_udp_t *u, ssize_t n, const uv_buf_t *buf, const struct sockaddr *addr,
                            unsigned flags)
 {
-    (void)flags;
     (void)addr;
     struct tun_flow *f = u->data;
-    if (n > 0)
+    if (n > 0 && !(flags & UV_UDP_MMSG_FREE))
         tun_flow_to_peer(f, (const uint8_t *)buf->base, (size_t)n);
 }
 
@@ -269,13 +280,16 @@ int tun_flow_server_new(uv_loop_t *loop, struct tun_qstream *s, uint32_t id,
     f->id = id;
     f->has_id = 1;
     f->udp = malloc(sizeof(*f->udp));
-    int rc = f->udp ? uv_udp_init(loop, f->udp) : TUN_ENOMEM;
+    int rc =
+        f->udp ? uv_udp_init_ex(loop, f->udp, target->sa_family | UV_UDP_RECVMMSG) : TUN_ENOMEM;
     if (rc == 0) {
         f->udp->data = f;
         f->handles++;
         rc = uv_udp_connect(f->udp, target);
-        if (rc == 0)
-            rc = uv_udp_recv_start(f->udp, alloc_cb, target_recv_cb);
+        if (rc == 0) {
+            tun_flow_udp_buffers(f->udp);
+            rc = uv_udp_recv_start(f->udp, tun_flow_udp_alloc, target_recv_cb);
+        }
     } else {
         free(f->udp);
         f->udp = NULL;

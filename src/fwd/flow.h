@@ -45,6 +45,10 @@ void tun_flow_close(struct tun_flow *f);
 /* Feed stream bytes that arrived after OPEN_OK in the same read (client side). */
 void tun_flow_stream_bytes(struct tun_flow *f, const uint8_t *data, size_t len);
 
+/* Receive buffers and socket buffer sizes shared by the layer's UDP sockets. */
+void tun_flow_udp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+void tun_flow_udp_buffers(uv_udp_t *u);
+
 /* Flow id -> flow, for routing incoming datagrams. */
 struct tun_flow_map {
     struct tun_flow **slots;
