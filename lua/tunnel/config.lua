@@ -148,7 +148,8 @@ local iroh = {
     { name = "auth_token_file", type = "path", roles = { CLI, VCLI }, flag = "--auth-token-file",
       doc = "file holding the token" },
     { name = "max_sessions", type = "integer", min = 0, max = 1000000, roles = { SRV },
-      default = 100, flag = "--max-sessions", doc = "concurrent forwarded TCP connections and UDP flows over all clients; 0 = no limit" },
+      default = 100, flag = "--max-sessions",
+      doc = "concurrent forwarded TCP connections and UDP flows over all clients; 0 = no limit" },
     allowed_sources(),
     -- request_source, source, target, forward are inserted here
     { name = "relay_urls", type = "list", of = { type = "url", schemes = { "http", "https" } },
