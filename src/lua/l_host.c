@@ -94,14 +94,10 @@ static int l_host_dev_mode(lua_State *L)
 int luaopen_tunnel_core_host(lua_State *L)
 {
     static const luaL_Reg fns[] = {
-        {"exit", l_host_exit},
-        {"stop", l_host_stop},
-        {"exiting", l_host_exiting},
-        {"set_shutdown", l_host_set_shutdown},
-        {"versions", l_host_versions},
-        {"is_exit", l_host_is_exit},
-        {"dev_mode", l_host_dev_mode},
-        {NULL, NULL},
+        {"exit", l_host_exit},         {"stop", l_host_stop},
+        {"exiting", l_host_exiting},   {"set_shutdown", l_host_set_shutdown},
+        {"versions", l_host_versions}, {"is_exit", l_host_is_exit},
+        {"dev_mode", l_host_dev_mode}, {NULL, NULL},
     };
     lua_newtable(L);
     luaL_register(L, NULL, fns);
