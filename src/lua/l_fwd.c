@@ -845,16 +845,6 @@ static int l_client_stats(lua_State *L)
     return 1;
 }
 
-static int l_obj_gc(lua_State *L)
-{
-    /* Anchored while open, so this only runs for closed objects (or at lua_close, after the
-     * host's closer already closed everything). */
-    struct lobj **p = lua_touserdata(L, 1);
-    if (p && *p && !(*p)->closing)
-        obj_close(*p);
-    return 0;
-}
-
 static int l_obj_tostring(lua_State *L)
 {
     struct lobj **p = lua_touserdata(L, 1);
@@ -892,7 +882,9 @@ int luaopen_tunnel_core_fwd(lua_State *L)
         lua_newtable(L);
         luaL_register(L, NULL, methods[i]);
         lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, l_obj_gc);
+        /* Anchored while open, so __gc only meets closed objects (or runs at lua_close, after
+         * the host's closer already closed everything): closing is idempotent. */
+        lua_pushcfunction(L, l_obj_close);
         lua_setfield(L, -2, "__gc");
         lua_pushcfunction(L, l_obj_tostring);
         lua_setfield(L, -2, "__tostring");

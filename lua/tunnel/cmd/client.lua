@@ -1,5 +1,6 @@
 --- `tunnel client`: forward local ports to a server's sources.
 local config = require "tunnel.config"
+local common = require "tunnel.cmd.common"
 local client = require "tunnel.client"
 local host = require "tunnel.host"
 local log = require("tunnel.log").group("client")
@@ -7,14 +8,10 @@ local uv = require "luv"
 
 local M = {}
 
-local function fail(msg)
-  io.stderr:write("tunnel: ", msg, "\n")
-  return 1
-end
+local fail = common.fail
 
 function M.configure(c)
-  c:option("-c --config", "TOML config file (see docs/config.md)."):argname("<file>")
-  c:flag("--default-config", "Use " .. "~/.config/tunnel/client.toml" .. ".")
+  common.config_options(c, "client")
   c:option("-n --server-node-id", "The server's EndpointId."):argname("<id>")
   c:option("--server-addr", "The server's UDP address (host:port)."):argname("<host:port>")
   c:option("-s --source", "What to reach, as the server sees it: tcp://host:port or " ..
@@ -25,35 +22,24 @@ function M.configure(c)
 end
 
 function M.settings(args)
-  local file = { role = "client", mode = "iroh" }
-  if args.config or args.default_config then
-    local path = args.config or config.default_path("client")
-    local cfg, err = config.load(path, { role = "client", mode = "iroh" })
-    if not cfg then
-      return nil, err
-    end
-    file = cfg
-  end
   if (args.source == nil) ~= (args.target == nil) then
     return nil, "--source and --target go together"
   end
   if args.auth_token and args.auth_token_file then
     return nil, "give --auth-token or --auth-token-file, not both"
   end
-  local cli = { iroh = {
+  local section, whole = common.settings(args, "client", "iroh", {
     server_node_id = args.server_node_id,
     server_addrs = args.server_addr and { args.server_addr } or nil,
     request_source = args.source,
     target = args.target,
     auth_token = args.auth_token,
     auth_token_file = args.auth_token_file,
-  } }
-  local merged = config.merge(file, cli)
-  local v, err = config.validate(merged, { role = "client", mode = "iroh", complete = true })
-  if not v then
-    return nil, err
+  })
+  if not section then
+    return nil, whole
   end
-  return v.iroh, config.forwards(v)
+  return section, config.forwards(whole)
 end
 
 function M.run(args)

@@ -1,20 +1,16 @@
 --- `tunnel server`: the port-forwarding server (iroh mode flags; direct addresses for now).
-local config = require "tunnel.config"
+local common = require "tunnel.cmd.common"
 local server = require "tunnel.server"
 local log = require("tunnel.log").group("server")
 local uv = require "luv"
 
 local M = {}
 
-local function fail(msg)
-  io.stderr:write("tunnel: ", msg, "\n")
-  return 1
-end
+local fail = common.fail
 
 --- argparse setup for the `server` command (called by tunnel.cli).
 function M.configure(c)
-  c:option("-c --config", "TOML config file (see docs/config.md)."):argname("<file>")
-  c:flag("--default-config", "Use " .. "~/.config/tunnel/server.toml" .. ".")
+  common.config_options(c, "server")
   c:option("--listen", "UDP address to listen on (default 0.0.0.0:4433)."):argname("<addr:port>")
   c:option("--allowed-tcp", "Network clients may reach over TCP (repeatable).")
     :argname("<cidr>"):count("*")
@@ -35,16 +31,7 @@ end
 
 --- Build the validated iroh section from the config file and the command line.
 function M.settings(args)
-  local file = { role = "server", mode = "iroh" }
-  if args.config or args.default_config then
-    local path = args.config or config.default_path("server")
-    local cfg, err = config.load(path, { role = "server", mode = "iroh" })
-    if not cfg then
-      return nil, err
-    end
-    file = cfg
-  end
-  local cli = { iroh = {
+  return common.settings(args, "server", "iroh", {
     bind_addr = args.listen,
     secret = args.secret,
     secret_file = args.secret_file,
@@ -52,13 +39,7 @@ function M.settings(args)
     auth_tokens_file = args.auth_tokens_file,
     max_sessions = args.max_sessions,
     allowed_sources = { tcp = nonempty(args.allowed_tcp), udp = nonempty(args.allowed_udp) },
-  } }
-  local merged = config.merge(file, cli)
-  local v, err = config.validate(merged, { role = "server", mode = "iroh", complete = true })
-  if not v then
-    return nil, err
-  end
-  return v.iroh
+  })
 end
 
 local function register_repl(srv)

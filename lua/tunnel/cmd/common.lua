@@ -1,0 +1,40 @@
+--- What the `server` and `client` commands share: error output and the config layering
+-- (defaults < config file < command line).
+local config = require "tunnel.config"
+
+local M = {}
+
+--- Print "tunnel: msg" on stderr; returns the exit status 1.
+function M.fail(msg)
+  io.stderr:write("tunnel: ", msg, "\n")
+  return 1
+end
+
+--- The validated `mode` section for `role`: the config file (-c / --default-config) if any,
+-- overridden by `cli` (a table in the config's shape, nil for options not given).
+-- Returns the section and the whole validated config, or nil and an error message.
+function M.settings(args, role, mode, cli)
+  local file = { role = role, mode = mode }
+  if args.config or args.default_config then
+    local path = args.config or config.default_path(role)
+    local cfg, err = config.load(path, { role = role, mode = mode })
+    if not cfg then
+      return nil, err
+    end
+    file = cfg
+  end
+  local merged = config.merge(file, { [mode] = cli })
+  local v, err = config.validate(merged, { role = role, mode = mode, complete = true })
+  if not v then
+    return nil, err
+  end
+  return v[mode], v
+end
+
+--- Options every mode command has (called from a command's configure()).
+function M.config_options(c, role)
+  c:option("-c --config", "TOML config file (see docs/config.md)."):argname("<file>")
+  c:flag("--default-config", "Use ~/.config/tunnel/" .. role .. ".toml.")
+end
+
+return M
