@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""Turn the raw results of bench/run.sh into Markdown tables (Python 3 standard library).
+
+  report.py META RESULTS [WORKDIR]
+
+META: key=value lines (machine and run parameters); RESULTS: one JSON object per line,
+{"kind": tput|ping|udp|rss|peak, "path": ..., "data": {...}, ...}; WORKDIR may hold
+profile-server.txt / profile-client.txt (perf report output).
+"""
+import json
+import os
+import statistics
+import sys
+
+LABELS = {
+    "direct": "raw veth (direct)",
+    "tunnel": "**tunnel**",
+    "ssh": "`ssh -L` (default: {ssh_cipher})",
+    "ssh-aes": "`ssh -L -c aes128-gcm@openssh.com`",
+    "socat": "socat, 8 KiB buffer (unencrypted)",
+    "socat-b": "socat `-b 131072` (unencrypted)",
+}
+ORDER = ["direct", "tunnel", "ssh", "ssh-aes", "socat", "socat-b"]
+
+
+def load(meta_path, results_path):
+    meta = {}
+    with open(meta_path) as f:
+        for line in f:
+            k, _, v = line.rstrip("\n").partition("=")
+            meta[k] = v
+    rows = []
+    with open(results_path) as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+    return meta, rows
+
+
+def fmt(x, nd=0):
+    if x is None:
+        return "—"
+    return ("{:,.%df}" % nd).format(x)
+
+
+def ratio(a, b):
+    if not a or not b:
+        return "—"
+    return "%.2f×" % (a / b)
+
+
+def drops(r):
+    """Where the datagrams of one UDP run were lost, from the counters run.sh recorded."""
+    parts = []
+    k = r.get("kernel") or {}
+    for ns, name in (("cli", "client side"), ("srv", "server side")):
+        pair = k.get(ns)
+        if pair and len(pair) == 2:
+            for key, what in (("RcvbufErrors", "rcvbuf"), ("SndbufErrors", "sndbuf")):
+                n = pair[1].get(key, 0) - pair[0].get(key, 0)
+                if n:
+                    parts.append("%s %s %s" % (name, what, fmt(n)))
+    ts = r.get("tunnel_stats")
+    if ts and len(ts) == 2 and ts[0].get("client") and ts[1].get("client"):
+        n = ts[1]["client"].get("datagrams_dropped", 0) - ts[0]["client"].get(
+            "datagrams_dropped", 0)
+        if n:
+            parts.append("tunnel client dropped %s" % fmt(n))
+    return ", ".join(parts) or "—"
+
+
+def main(argv):
+    if len(argv) < 3:
+        sys.exit(__doc__)
+    meta, rows = load(argv[1], argv[2])
+    work = argv[3] if len(argv) > 3 else None
+    label = {k: v.format(**meta) for k, v in LABELS.items()}
+    out = []
+    w = out.append
+    gib = int(meta["tput_bytes"]) / 2**30
+    size = "1 GiB" if gib == 1 else "%d MiB" % (gib * 1024)
+
+    w("## Results, %s" % meta["date"])
+    w("")
+    w("Machine: %s vCPU (%s), %s, Linux %s, %s RAM. `%s` (git %s, CMake build type %s); %s; "
+      "socat %s; Python %s."
+      % (meta["nproc"], meta["cpu"], meta["os"], meta["kernel"], meta["mem"], meta["tunnel"],
+         meta["tunnel_git"], meta.get("build_type", "?"), meta["ssh"], meta["socat"],
+         meta["python"]))
+    w("Run: `bench/run.sh%s%s` — TCP %s per run, %s; %s round trips of 64 bytes; UDP %s s per "
+      "rate. Both namespaces, all relays and the load generators share the same %s vCPUs."
+      % (" --quick" if meta["quick"] == "1" else "",
+         " --nice %s" % meta["nice"] if meta.get("nice", "0") != "0" else "", size,
+         "median of %s runs" % meta["runs"] if meta["runs"] != "1" else "one run",
+         meta["ping_count"], meta["udp_seconds"], meta["nproc"]))
+    others = [r["others_pct"] for r in rows if "others_pct" in r]
+    w("Other processes on the machine: %s%% of the CPUs busy just before the run; during the "
+      "measurements they took %s%% on average (max %s%%)%s."
+      % (meta.get("busy_before", "?"), fmt(statistics.mean(others)) if others else "?",
+         fmt(max(others)) if others else "?",
+         " — **results are depressed by other load**" if others and
+         statistics.mean(others) >= 10 else ""))
+    w("")
+
+    # ---------------------------------------------------------------- TCP throughput
+    tput = {}
+    for r in rows:
+        if r["kind"] == "tput":
+            tput.setdefault(r["path"], []).append(r)
+    med = {p: statistics.median(x["data"]["MBps"] for x in v) for p, v in tput.items()}
+    t = med.get("tunnel")
+    w("### TCP throughput, one stream, client → server (%s)" % size)
+    w("")
+    w("| path | MB/s | Gbit/s | each run, Gbit/s (other load %) | relay CPU s per GiB "
+      "(client side + server side) | tunnel ÷ this |")
+    w("|---|---:|---:|---|---:|---:|")
+    for p in ORDER:
+        if p not in tput:
+            continue
+        runs = tput[p]
+        # CPU seconds per GiB of the client-side and the server-side relay (medians over runs)
+        each = [x.get("relay_cpu_each") or [] for x in runs]
+        cpu_txt = "—"
+        if p != "direct" and each and all(len(e) == 2 for e in each):
+            gibs = [x["data"]["bytes"] / 2**30 for x in runs]
+            cs = statistics.median(e[0] / g for e, g in zip(each, gibs))
+            ss = statistics.median(e[1] / g for e, g in zip(each, gibs))
+            tot = statistics.median((e[0] + e[1]) / g for e, g in zip(each, gibs))
+            cpu_txt = "%.2f (%.2f + %.2f)" % (tot, cs, ss)
+        w("| %s | %s | %.2f | %s | %s | %s |" % (
+            label[p], fmt(med[p]), med[p] * 8 / 1000,
+            ", ".join("%.2f (%s)" % (x["data"]["Gbps"], fmt(x.get("others_pct")))
+                      for x in runs),
+            cpu_txt,
+            "—" if p == "tunnel" else ratio(t, med[p])))
+    w("")
+    w("Relay CPU: user + system time of the forwarding processes during the transfer, per GiB: "
+      "tunnel client + tunnel server, ssh + sshd (with its per-connection processes), client-side "
+      "socat + server-side socat (with their per-connection children). The load generator and "
+      "the sink are not included; kernel work done in a relay's system calls is (on this lab "
+      "that includes delivering packets to the receiving socket on the other side of the veth).")
+    w("")
+
+    # ---------------------------------------------------------------- latency
+    ping = {r["path"]: r["data"] for r in rows if r["kind"] == "ping"}
+    ping_others = {r["path"]: r.get("others_pct") for r in rows if r["kind"] == "ping"}
+    tp = ping.get("tunnel", {}).get("median_us")
+    w("### Round-trip time, 64-byte ping-pong on one connection (%s round trips)"
+      % meta["ping_count"])
+    w("")
+    w("| path | median µs | p90 µs | p99 µs | tunnel ÷ this (median) | other load % |")
+    w("|---|---:|---:|---:|---:|---:|")
+    for p in ORDER:
+        if p in ping:
+            d = ping[p]
+            w("| %s | %s | %s | %s | %s | %s |" % (
+                label[p], fmt(d["median_us"]), fmt(d["p90_us"]), fmt(d["p99_us"]),
+                "—" if p == "tunnel" else ratio(tp, d["median_us"]), fmt(ping_others.get(p))))
+    w("")
+
+    # ---------------------------------------------------------------- UDP
+    udp = [r for r in rows if r["kind"] == "udp"]
+    w("### UDP, 1200-byte datagrams, client → server (%s s per rate)" % meta["udp_seconds"])
+    w("")
+    w("| offered Mbit/s | path | sent Mbit/s | received Mbit/s | loss % | where datagrams "
+      "were dropped | other load % |")
+    w("|---:|---|---:|---:|---:|---|---:|")
+    for r in udp:
+        d = r["data"]
+        w("| %s | %s | %s | %s | %.2f | %s | %s |" % (
+            fmt(d["offered_mbps"]), label[r["path"]], fmt(d["sent_mbps"]), fmt(d["recv_mbps"]),
+            d["loss_pct"], drops(r), fmt(r.get("others_pct"))))
+    w("")
+    w("\"sent\" is what the generator got into its socket (below the offered rate when the "
+      "generator itself runs out of CPU); loss is counted against what was sent. ssh cannot "
+      "forward UDP. Drops: kernel UDP receive-buffer overflows (`RcvbufErrors` in "
+      "/proc/net/snmp) in the client-side namespace (the tunnel client's local socket, or its "
+      "QUIC socket) and the server-side one (the tunnel server's QUIC socket, or the counting "
+      "service), and DATAGRAM frames the tunnel client itself dropped (`datagrams_dropped`: "
+      "queue full or not accepted by the congestion controller).")
+    w("")
+
+    # ---------------------------------------------------------------- memory
+    rss = {r["path"]: r["data"] for r in rows if r["kind"] == "rss"}
+    peak = {r["path"]: r["data"] for r in rows if r["kind"] == "peak"}
+    idle, hold, after = rss.get("idle"), rss.get("hold"), rss.get("after-hold")
+    hs = rss.get("hold-ssh")
+    n = int(meta["hold_conns"])
+    w("### Memory, VmRSS")
+    w("")
+    w("| process | idle after connect | before the %d connections | with %d idle forwarded "
+      "TCP connections | per connection | after they closed | peak (VmHWM) at the end |"
+      % (n, n))
+    w("|---|---:|---:|---:|---:|---:|---:|")
+    per = {}
+    for who, key, pk in (("tunnel server", "server", "tserver"),
+                         ("tunnel client", "client", "tclient")):
+        if not (idle and hold):
+            break
+        b, a = hold[key + "_before_kib"], hold[key + "_kib"]
+        per[key] = (a - b) / n
+        w("| %s | %s KiB | %s KiB | %s KiB | %.1f KiB | %s KiB | %s KiB |" % (
+            who, fmt(idle[key + "_kib"]), fmt(b), fmt(a), per[key],
+            fmt(after[key + "_kib"]) if after else "—",
+            fmt(peak.get(pk, {}).get("hwm_kib"))))
+    if hs:
+        for who, key in (("sshd (all its processes)", "server"), ("ssh client", "client")):
+            b, a = hs[key + "_before_kib"], hs[key + "_kib"]
+            w("| %s | | %s KiB | %s KiB | %.1f KiB | | |" % (who, fmt(b), fmt(a), (a - b) / n))
+    w("")
+    w("Per connection = (with − before) / %d. The ssh rows are the aes128-gcm `ssh -L` pair "
+      "measured the same way, for comparison." % n)
+    st = [r["data"] for r in rows if r["kind"] == "stats" and r["path"] == "after-hold"]
+    if st and st[0].get("server"):
+        open_streams = sum(x.get("streams", 0) for x in st[0]["server"])
+        w("Two seconds after the %d connections closed the tunnel server reported %d open "
+          "streams%s." % (n, open_streams, " (expected 0)" if open_streams else ""))
+    if meta.get("shutdown"):
+        w("Stopping with SIGTERM at the end: %s." % meta["shutdown"].replace("=", ": ")
+          .replace("tclient", "tunnel client").replace("tserver", "tunnel server"))
+    w("")
+
+    # ---------------------------------------------------------------- targets
+    w("### Targets")
+    w("")
+    w("| target | measured | met? |")
+    w("|---|---|---|")
+
+    def yes(c):
+        return "yes" if c else "**no**"
+
+    if t and med.get("ssh-aes"):
+        r = t / med["ssh-aes"]
+        w("| TCP throughput ≥ 0.75 × `ssh -L` aes128-gcm | %.2f × (%s vs %s MB/s) | %s |"
+          % (r, fmt(t), fmt(med["ssh-aes"]), yes(r >= 0.75)))
+    if tp and "ssh" in ping:
+        s1, s2 = ping["ssh"]["median_us"], ping.get("ssh-aes", {}).get("median_us")
+        w("| median RTT ≤ `ssh -L` | %s µs vs %s µs (%s)%s | %s |"
+          % (fmt(tp), fmt(s1), meta["ssh_cipher"],
+             ", %s µs (aes128-gcm)" % fmt(s2) if s2 else "", yes(tp <= s1 and (not s2 or
+                                                                               tp <= s2))))
+    g = [r["data"] for r in udp if r["path"] == "tunnel" and r["data"]["offered_mbps"] >= 1000]
+    if g:
+        d = g[-1]
+        w("| UDP: 1 Gbit/s offered, < 1 %% loss | %.2f %% loss (%s Mbit/s sent, %s received) | %s |"
+          % (d["loss_pct"], fmt(d["sent_mbps"]), fmt(d["recv_mbps"]),
+             yes(d["loss_pct"] < 1 and d["sent_mbps"] >= 950)))
+    if idle:
+        lim = 15e6 / 1024
+        s, c = idle["server_kib"], idle["client_kib"]
+        w("| idle RSS ≤ 15 MB (each process) | server %.1f MB, client %.1f MB | %s |"
+          % (s * 1024 / 1e6, c * 1024 / 1e6, yes(s <= lim and c <= lim)))
+    if per:
+        w("| ≤ 64 KiB per idle forwarded TCP connection (each process) | server %.1f KiB, "
+          "client %.1f KiB (together %.1f KiB) | %s |"
+          % (per["server"], per["client"], per["server"] + per["client"],
+             yes(per["server"] <= 64 and per["client"] <= 64)))
+    w("")
+
+    # ---------------------------------------------------------------- profile
+    if work and meta.get("profile") == "1":
+        for who in ("server", "client"):
+            path = os.path.join(work, "profile-%s.txt" % who)
+            if os.path.exists(path):
+                with open(path) as f:
+                    text = f.read().rstrip()
+                w("### perf profile of the tunnel %s during a transfer" % who)
+                w("")
+                w("```")
+                w(text or "(no samples)")
+                w("```")
+                w("")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
