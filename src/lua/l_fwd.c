@@ -408,8 +408,12 @@ static struct lobj **check_obj(lua_State *L, int idx, const char *mt)
     return p;
 }
 
-static struct lobj *new_obj(lua_State *L, int is_server, int cb_idx)
+/* The object for option table `opts` (its on_event function is required); pushes the userdata. */
+static struct lobj *new_obj(lua_State *L, int is_server, int opts)
 {
+    lua_getfield(L, opts, "on_event");
+    luaL_checktype(L, -1, LUA_TFUNCTION);
+    int cb_idx = lua_gettop(L);
     struct tun_host *h = tun_host_get();
     struct lobj *o = calloc(1, sizeof(*o));
     if (!o)
@@ -544,10 +548,7 @@ static int l_fwd_server(lua_State *L)
     cfg.auth_timeout_ms = get_u64(L, 1, "auth_timeout_ms", cfg.auth_timeout_ms);
     cfg.flow_idle_ms = get_u64(L, 1, "flow_idle_ms", cfg.flow_idle_ms);
     read_quic(L, 1, &cfg.quic);
-    lua_getfield(L, 1, "on_event");
-    luaL_checktype(L, -1, LUA_TFUNCTION);
-    int cb = lua_gettop(L);
-    struct lobj *o = new_obj(L, 1, cb);
+    struct lobj *o = new_obj(L, 1, 1);
     struct tun_fwd_server_cbs cbs = {
         .on_session = s_on_session,
         .on_auth = s_on_auth,
@@ -773,10 +774,7 @@ static int l_fwd_client(lua_State *L)
     const char *token = luaL_checkstring(L, -1);
     cfg.flow_idle_ms = get_u64(L, 1, "flow_idle_ms", cfg.flow_idle_ms);
     read_quic(L, 1, &cfg.quic);
-    lua_getfield(L, 1, "on_event");
-    luaL_checktype(L, -1, LUA_TFUNCTION);
-    int cb = lua_gettop(L);
-    struct lobj *o = new_obj(L, 0, cb);
+    struct lobj *o = new_obj(L, 0, 1);
     struct tun_fwd_client_cbs cbs = {
         .on_ready = c_on_ready,
         .on_auth_failed = c_on_auth_failed,
