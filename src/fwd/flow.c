@@ -1,9 +1,12 @@
+/* sendmmsg */
+#define _GNU_SOURCE
 #include "fwd/flow.h"
 #include "proto/msg.h"
 #include "util/error.h"
 #include "util/log.h"
 
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <string.h>
 
 #define PENDING_MAX 64 /* datagrams a client flow holds while waiting for OPEN_OK */
@@ -12,6 +15,15 @@ struct pending {
     struct pending *next;
     size_t len;
     uint8_t data[];
+};
+
+/* Datagrams for a server flow's target, collected while a receive batch is processed and sent
+ * with one sendmmsg on the connected socket after it (instead of one syscall each). */
+#define OUT_MAX 64
+struct outq {
+    size_t n, used;
+    struct iovec iov[OUT_MAX];
+    uint8_t buf[OUT_MAX * 1500];
 };
 
 struct tun_flow {
@@ -27,6 +39,9 @@ struct tun_flow {
     struct pending *pq_head, *pq_tail;
     size_t npending;
     uint64_t up, down;
+    struct outq *out; /* server: pending sends to the target */
+    struct tun_flow *out_next;
+    int in_out;
     tun_flow_done_cb done;
     tun_flow_deliver_cb deliver;
     tun_flow_result_cb result;
@@ -36,10 +51,13 @@ struct tun_flow {
 
 static uint8_t dgram_buf[8 + 65536];
 
+static void out_drop(struct tun_flow *f);
+
 static void maybe_done(struct tun_flow *f)
 {
     if (!f->closing || f->handles || !f->stream_gone)
         return;
+    out_drop(f);
     while (f->pq_head) {
         struct pending *p = f->pq_head;
         f->pq_head = p->next;
@@ -64,6 +82,7 @@ void tun_flow_close(struct tun_flow *f)
     if (f->closing)
         return;
     f->closing = 1;
+    out_drop(f);
     if (f->udp) {
         uv_close((uv_handle_t *)f->udp, handle_closed);
         f->udp = NULL;
@@ -135,6 +154,89 @@ void tun_flow_to_peer(struct tun_flow *f, const uint8_t *data, size_t len)
     send_now(f, data, len);
 }
 
+static struct tun_flow *out_list;
+static uv_check_t out_check;
+static int out_check_ready;
+
+static void out_flush(struct tun_flow *f)
+{
+    struct outq *q = f->out;
+    if (!q || q->n == 0 || !f->udp)
+        return;
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)f->udp, &fd) == 0) {
+        struct mmsghdr msgs[OUT_MAX];
+        memset(msgs, 0, sizeof(msgs));
+        for (size_t i = 0; i < q->n; i++) {
+            msgs[i].msg_hdr.msg_iov = &q->iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        /* A full socket buffer drops the rest, as a router would: UDP gives no promise. */
+        (void)sendmmsg(fd, msgs, (unsigned)q->n, MSG_DONTWAIT);
+    }
+    q->n = q->used = 0;
+}
+
+static void out_check_cb(uv_check_t *h)
+{
+    struct tun_flow *list = out_list;
+    out_list = NULL;
+    uv_check_stop(h);
+    while (list) {
+        struct tun_flow *f = list;
+        list = f->out_next;
+        f->in_out = 0;
+        f->out_next = NULL;
+        out_flush(f);
+    }
+}
+
+static void out_drop(struct tun_flow *f)
+{
+    if (f->in_out) {
+        struct tun_flow **pp = &out_list;
+        while (*pp && *pp != f)
+            pp = &(*pp)->out_next;
+        if (*pp)
+            *pp = f->out_next;
+        f->in_out = 0;
+    }
+    free(f->out);
+    f->out = NULL;
+}
+
+/* Queue one datagram for the target; sent after the receive batch. */
+static void out_add(struct tun_flow *f, const uint8_t *data, size_t len)
+{
+    if (len > 1500 || !f->udp) {
+        uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+        uv_udp_try_send(f->udp, &b, 1, NULL);
+        return;
+    }
+    if (!f->out && !(f->out = calloc(1, sizeof(*f->out))))
+        return;
+    struct outq *q = f->out;
+    if (q->n == OUT_MAX || q->used + len > sizeof(q->buf))
+        out_flush(f);
+    memcpy(q->buf + q->used, data, len);
+    q->iov[q->n].iov_base = q->buf + q->used;
+    q->iov[q->n].iov_len = len;
+    q->used += len;
+    q->n++;
+    if (!f->in_out) {
+        f->in_out = 1;
+        f->out_next = out_list;
+        out_list = f;
+        if (!out_check_ready) {
+            /* Lives as long as the process, unreferenced (see splice.c's twin). */
+            uv_check_init(f->udp->loop, &out_check);
+            uv_unref((uv_handle_t *)&out_check);
+            out_check_ready = 1;
+        }
+        uv_check_start(&out_check, out_check_cb);
+    }
+}
+
 void tun_flow_from_peer(struct tun_flow *f, const uint8_t *data, size_t len)
 {
     if (f->closing)
@@ -142,8 +244,7 @@ void tun_flow_from_peer(struct tun_flow *f, const uint8_t *data, size_t len)
     f->down += len;
     touch(f);
     if (f->is_server) {
-        uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
-        uv_udp_try_send(f->udp, &b, 1, NULL);
+        out_add(f, data, len);
     } else if (f->deliver) {
         f->deliver(f, (struct sockaddr *)&f->sender, data, len, f->ud);
     }
