@@ -1,7 +1,7 @@
 /* QUIC endpoints on loopback in one process: handshake with pinned raw keys, a stream echo
  * with FIN both ways, datagrams, and the identity-mismatch failure. */
 #include "quic/quic.h"
-#include "quic/internal.h" /* tun__sa_equal */
+#include "quic/internal.h" /* tun_sockaddr_equal */
 #include "util/error.h"
 #include "test.h"
 
@@ -376,8 +376,8 @@ static void test_migration(void)
     CHECK_INT_EQ(m.phase_bytes[1], 1 << 20);
     /* After the switch both directions went through the relay, and both ends see the new path. */
     CHECK(m.relayed[0] > 10 && m.relayed[1] > 10);
-    CHECK(tun__sa_equal((struct sockaddr *)&m.cli_path_local, (struct sockaddr *)&m.cli_syn));
-    CHECK(tun__sa_equal((struct sockaddr *)&m.srv_remote, (struct sockaddr *)&m.cli_syn));
+    CHECK(tun_sockaddr_equal((struct sockaddr *)&m.cli_path_local, (struct sockaddr *)&m.cli_syn));
+    CHECK(tun_sockaddr_equal((struct sockaddr *)&m.srv_remote, (struct sockaddr *)&m.cli_syn));
     while (m.q) {
         struct pkt *p = m.q;
         m.q = p->next;

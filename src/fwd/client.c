@@ -4,6 +4,7 @@
 #include "proto/msg.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "util/sockaddr.h"
 
 #include <sodium.h>
 #include <stdio.h>
@@ -252,18 +253,6 @@ static void flow_result(struct tun_flow *f, int ok, int code, const char *reason
         cl->cbs.on_rejected(cl, fr->fw->index, code, reason, cl->ud);
 }
 
-static int same_sockaddr(const struct sockaddr *a, const struct sockaddr *b)
-{
-    if (a->sa_family != b->sa_family)
-        return 0;
-    if (a->sa_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
-}
-
 static void udp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     tun_flow_udp_alloc(h, hint, buf);
@@ -279,7 +268,7 @@ static void on_udp_recv(uv_udp_t *u, ssize_t n, const uv_buf_t *buf, const struc
         return;
     struct flowref *fr = fw->flows;
     for (; fr; fr = fr->next)
-        if (same_sockaddr(tun_flow_sender(fr->f), from))
+        if (tun_sockaddr_equal(tun_flow_sender(fr->f), from))
             break;
     if (!fr) {
         /* A new sender: its own flow, so replies go back to it and only to it. */
@@ -526,9 +515,7 @@ int tun_fwd_client_stats(struct tun_fwd_client *cl, struct tun_qconn_stats *st,
     tun_qconn_get_stats(cl->qc, st);
     if (remote) {
         const struct sockaddr *ra = tun_qconn_remote(cl->qc);
-        memcpy(remote, ra,
-               ra->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                         : sizeof(struct sockaddr_in));
+        memcpy(remote, ra, tun_sockaddr_len(ra));
     }
     return 0;
 }

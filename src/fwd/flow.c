@@ -4,6 +4,7 @@
 #include "proto/msg.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "util/sockaddr.h"
 
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -411,9 +412,7 @@ int tun_flow_client_new(uv_loop_t *loop, struct tun_qstream *s, const struct soc
     struct tun_flow *f = flow_alloc(loop, s, idle_ms, done, ud);
     if (!f)
         return TUN_ENOMEM;
-    memcpy(&f->sender, sender,
-           sender->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                         : sizeof(struct sockaddr_in));
+    memcpy(&f->sender, sender, tun_sockaddr_len(sender));
     f->deliver = deliver;
     *out = f;
     return 0;

@@ -4,6 +4,7 @@
 #include "proto/msg.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "util/sockaddr.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -275,21 +276,6 @@ static void he_timer_cb(uv_timer_t *t)
         uv_timer_stop(t);
 }
 
-static void fmt_addr(const struct sockaddr *sa, char *buf, size_t cap)
-{
-    char ip[64] = "?";
-    int port = 0;
-    if (sa->sa_family == AF_INET) {
-        uv_ip4_name((const struct sockaddr_in *)sa, ip, sizeof(ip));
-        port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
-        snprintf(buf, cap, "%s:%d", ip, port);
-    } else {
-        uv_ip6_name((const struct sockaddr_in6 *)sa, ip, sizeof(ip));
-        port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
-        snprintf(buf, cap, "[%s]:%d", ip, port);
-    }
-}
-
 static void attempt_connected(uv_connect_t *req, int status)
 {
     struct attempt *a = req->data;
@@ -314,7 +300,7 @@ static void attempt_connected(uv_connect_t *req, int status)
                 start_attempt(ch); /* failed fast: try the next address now */
             } else if (ch->live_attempts == 0) {
                 char msg[400], where[300];
-                fmt_addr((struct sockaddr *)&ch->addrs[0], where, sizeof(where));
+                tun_sockaddr_format((struct sockaddr *)&ch->addrs[0], where, sizeof(where));
                 snprintf(msg, sizeof(msg), "could not connect to %s%s: %s", where,
                          ch->naddrs > 1 ? " (and the other addresses)" : "",
                          uv_strerror(ch->last_err));
@@ -332,7 +318,7 @@ static void attempt_connected(uv_connect_t *req, int status)
     struct sockaddr_storage peer;
     int plen = sizeof(peer);
     if (uv_tcp_getpeername(tcp, (struct sockaddr *)&peer, &plen) == 0)
-        fmt_addr((struct sockaddr *)&peer, ch->target, sizeof(ch->target));
+        tun_sockaddr_format((struct sockaddr *)&peer, ch->target, sizeof(ch->target));
     send_msg(ch->s, TUN_MSG_OPEN_OK, NULL, 0);
     ch->state = CH_SPLICING;
     if (tun_splice_start(tcp, ch->s, NULL, 0, splice_done, ch, &ch->splice) != 0) {
@@ -719,7 +705,7 @@ int tun_fwd_server_accept(struct tun_fwd_server *srv, uint64_t session, int64_t 
         struct tun_flow *f;
         int rc = tun_flow_server_new(srv->loop, ch->s, id, (const struct sockaddr *)&addrs[0],
                                      srv->cfg.flow_idle_ms, flow_done, ch, &f);
-        fmt_addr((const struct sockaddr *)&addrs[0], ch->target, sizeof(ch->target));
+        tun_sockaddr_format((const struct sockaddr *)&addrs[0], ch->target, sizeof(ch->target));
         if (rc != 0) {
             char msg[400];
             snprintf(msg, sizeof(msg), "cannot open UDP socket to %s: %s", ch->target,
@@ -783,8 +769,7 @@ int tun_fwd_session_info(struct tun_fwd_server *srv, uint64_t id, struct tun_fwd
         info->have_key = 1;
     }
     const struct sockaddr *ra = tun_qconn_remote(ss->qc);
-    memcpy(&info->remote, ra,
-           ra->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+    memcpy(&info->remote, ra, tun_sockaddr_len(ra));
     info->chans = ss->nchans;
     info->up = ss->up;
     info->down = ss->down;

@@ -13,6 +13,7 @@
 #include "lua/state.h"
 #include "util/error.h"
 #include "util/log.h"
+#include "util/sockaddr.h"
 
 #include <lauxlib.h>
 #include <luv/luv.h>
@@ -114,19 +115,12 @@ static void ev_free(struct lev *e)
 
 static void push_addr(lua_State *L, const struct sockaddr *sa)
 {
-    char ip[64] = "";
-    int port = 0;
-    if (sa->sa_family == AF_INET) {
-        uv_ip4_name((const struct sockaddr_in *)sa, ip, sizeof(ip));
-        port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
-        lua_pushfstring(L, "%s:%d", ip, port);
-    } else if (sa->sa_family == AF_INET6) {
-        uv_ip6_name((const struct sockaddr_in6 *)sa, ip, sizeof(ip));
-        port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
-        lua_pushfstring(L, "[%s]:%d", ip, port);
-    } else {
+    if (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) {
         lua_pushnil(L);
+        return;
     }
+    char buf[80];
+    lua_pushstring(L, tun_sockaddr_format(sa, buf, sizeof(buf)));
 }
 
 static void push_why(lua_State *L, const struct tun_qclose_info *why)

@@ -265,7 +265,7 @@ int tun__qconn_new(struct tun_qep *ep, int is_server, const struct sockaddr *loc
                    const struct sockaddr *remote, const ngtcp2_pkt_hd *hd,
                    const uint8_t *server_key, struct tun_qconn **out)
 {
-    socklen_t remotelen = tun__sa_len(remote);
+    socklen_t remotelen = tun_sockaddr_len(remote);
     struct tun_qconn *c = calloc(1, sizeof(*c));
     if (!c)
         return TUN_ENOMEM;
@@ -273,7 +273,7 @@ int tun__qconn_new(struct tun_qep *ep, int is_server, const struct sockaddr *loc
     c->id = ++ep->next_conn_id;
     memcpy(&c->remote, remote, remotelen);
     c->remotelen = remotelen;
-    c->locallen = tun__sa_len(local);
+    c->locallen = tun_sockaddr_len(local);
     memcpy(&c->local, local, c->locallen);
     c->conn_ref.get_conn = get_conn;
     c->conn_ref.user_data = c;
@@ -473,8 +473,8 @@ void tun__qconn_read(struct tun_qconn *c, const struct sockaddr *local, const st
     if (c->closed)
         return;
     ngtcp2_path path = {
-        {(ngtcp2_sockaddr *)local, tun__sa_len(local)},
-        {(ngtcp2_sockaddr *)from, tun__sa_len(from)},
+        {(ngtcp2_sockaddr *)local, tun_sockaddr_len(local)},
+        {(ngtcp2_sockaddr *)from, tun_sockaddr_len(from)},
         NULL,
     };
     ngtcp2_pkt_info pi = {.ecn = (uint8_t)ecn};
@@ -625,9 +625,10 @@ static int write_packets(struct tun_qconn *c)
             break;
 
         /* A packet is ready at buf + off. Does it extend the current batch? */
-        int fits = npkts == 0 || (same_addr(&ps.path.remote, &dest, destlen) &&
-                                  tun__sa_equal(ps.path.local.addr, (struct sockaddr *)&dlocal) &&
-                                  (size_t)nwrite <= segsize);
+        int fits =
+            npkts == 0 || (same_addr(&ps.path.remote, &dest, destlen) &&
+                           tun_sockaddr_equal(ps.path.local.addr, (struct sockaddr *)&dlocal) &&
+                           (size_t)nwrite <= segsize);
         if (!fits) {
             if (tun__qep_send(ep, (struct sockaddr *)&dlocal, (struct sockaddr *)&dest, buf, off,
                               segsize) != 0)
@@ -880,8 +881,8 @@ int tun_qconn_migrate(struct tun_qconn *c, const struct sockaddr *local,
     if (c->closed || c->want_close)
         return TUN_ECLOSED;
     ngtcp2_path path = {
-        {(ngtcp2_sockaddr *)local, tun__sa_len(local)},
-        {(ngtcp2_sockaddr *)remote, tun__sa_len(remote)},
+        {(ngtcp2_sockaddr *)local, tun_sockaddr_len(local)},
+        {(ngtcp2_sockaddr *)remote, tun_sockaddr_len(remote)},
         NULL,
     };
     /* Safe outside callbacks only: migrate is never called from one of ours (sync callbacks

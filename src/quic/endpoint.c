@@ -190,27 +190,10 @@ static void writable_cb(struct tun_udp *u, void *ud)
     }
 }
 
-socklen_t tun__sa_len(const struct sockaddr *a)
-{
-    return a->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-}
-
-int tun__sa_equal(const struct sockaddr *a, const struct sockaddr *b)
-{
-    if (a->sa_family != b->sa_family)
-        return 0;
-    if (a->sa_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
-}
-
 int tun__qep_send(struct tun_qep *ep, const struct sockaddr *local, const struct sockaddr *to,
                   const uint8_t *data, size_t len, size_t segsize)
 {
-    if (local && !tun__sa_equal(local, (const struct sockaddr *)&ep->local)) {
+    if (local && !tun_sockaddr_equal(local, (const struct sockaddr *)&ep->local)) {
         /* Not the socket's path: hand each packet to the path sender (a relay). */
         if (!ep->path_send)
             return 0;
@@ -393,8 +376,7 @@ int tun_qep_new(uv_loop_t *loop, const struct sockaddr *bind_addr, const uint8_t
         free(ep);
         return rc;
     }
-    ep->locallen =
-        ep->local.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    ep->locallen = tun_sockaddr_len((struct sockaddr *)&ep->local);
     uv_idle_init(loop, &ep->flush_idle);
     ep->flush_idle.data = ep;
     *out = ep;

@@ -5,6 +5,7 @@
 #include "net/udp.h"
 #include "quic/quic.h"
 #include "quic/tls.h"
+#include "util/sockaddr.h"
 
 #include <gnutls/gnutls.h>
 #include <ngtcp2/ngtcp2.h>
@@ -134,8 +135,7 @@ void tun__qep_reset_token(struct tun_qep *ep, const uint8_t *cid, size_t cidlen,
  * paths) go to the endpoint's path sender. */
 int tun__qep_send(struct tun_qep *ep, const struct sockaddr *local, const struct sockaddr *to,
                   const uint8_t *data, size_t len, size_t segsize);
-int tun__sa_equal(const struct sockaddr *a, const struct sockaddr *b);
-socklen_t tun__sa_len(const struct sockaddr *a);
+
 uint64_t tun__now(void);
 void tun__qep_handle_closed(struct tun_qep *ep); /* a connection timer finished closing */
 

@@ -1,0 +1,38 @@
+#include "util/sockaddr.h"
+
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <uv.h>
+
+socklen_t tun_sockaddr_len(const struct sockaddr *a)
+{
+    return a->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+}
+
+int tun_sockaddr_equal(const struct sockaddr *a, const struct sockaddr *b)
+{
+    if (a->sa_family != b->sa_family)
+        return 0;
+    if (a->sa_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+}
+
+const char *tun_sockaddr_format(const struct sockaddr *a, char *buf, size_t cap)
+{
+    char ip[64] = "?";
+    if (a->sa_family == AF_INET) {
+        uv_ip4_name((const struct sockaddr_in *)a, ip, sizeof(ip));
+        snprintf(buf, cap, "%s:%d", ip, ntohs(((const struct sockaddr_in *)a)->sin_port));
+    } else if (a->sa_family == AF_INET6) {
+        uv_ip6_name((const struct sockaddr_in6 *)a, ip, sizeof(ip));
+        snprintf(buf, cap, "[%s]:%d", ip, ntohs(((const struct sockaddr_in6 *)a)->sin6_port));
+    } else {
+        snprintf(buf, cap, "?");
+    }
+    return buf;
+}
