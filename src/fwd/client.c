@@ -418,16 +418,24 @@ int tun_fwd_client_new(uv_loop_t *loop, const struct sockaddr *server, const uin
     tun_msg_reader_init(&cl->auth_rd, 0);
     struct sockaddr_storage any;
     memset(&any, 0, sizeof(any));
-    any.ss_family = server->sa_family;
-    int rc =
-        tun_qep_new(loop, (struct sockaddr *)&any, secret, 0, &cl->cfg.quic, NULL, cl, &cl->ep);
-    if (rc == 0) {
-        struct tun_qconn_cbs ccbs = {
-            .on_ready = conn_on_ready,
-            .on_datagram = conn_on_datagram,
-            .on_closed = conn_on_closed,
-        };
-        rc = tun_qep_connect(cl->ep, server, server_key, &ccbs, cl, &cl->qc);
+    int rc;
+    if (server) {
+        any.ss_family = server->sa_family;
+        rc =
+            tun_qep_new(loop, (struct sockaddr *)&any, secret, 0, &cl->cfg.quic, NULL, cl, &cl->ep);
+        if (rc == 0)
+            rc = tun_fwd_client_connect(cl, server, server_key);
+    } else {
+        /* The address is not known yet (ICE will find it): one dual-stack socket serves both
+         * families; where IPv6 is disabled, IPv4 alone. */
+        any.ss_family = AF_INET6;
+        rc =
+            tun_qep_new(loop, (struct sockaddr *)&any, secret, 0, &cl->cfg.quic, NULL, cl, &cl->ep);
+        if (rc != 0) {
+            any.ss_family = AF_INET;
+            rc = tun_qep_new(loop, (struct sockaddr *)&any, secret, 0, &cl->cfg.quic, NULL, cl,
+                             &cl->ep);
+        }
     }
     if (rc != 0) {
         if (cl->ep)
@@ -438,6 +446,24 @@ int tun_fwd_client_new(uv_loop_t *loop, const struct sockaddr *server, const uin
     }
     *out = cl;
     return 0;
+}
+
+int tun_fwd_client_connect(struct tun_fwd_client *cl, const struct sockaddr *server,
+                           const uint8_t server_key[32])
+{
+    if (cl->qc || cl->closed || cl->closing)
+        return TUN_EINVAL;
+    struct tun_qconn_cbs ccbs = {
+        .on_ready = conn_on_ready,
+        .on_datagram = conn_on_datagram,
+        .on_closed = conn_on_closed,
+    };
+    return tun_qep_connect(cl->ep, server, server_key, &ccbs, cl, &cl->qc);
+}
+
+struct tun_qep *tun_fwd_client_endpoint(struct tun_fwd_client *cl)
+{
+    return cl->ep;
 }
 
 static void fwd_failed_closed(uv_handle_t *h)

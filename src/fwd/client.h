@@ -32,7 +32,10 @@ struct tun_fwd_client_config {
 void tun_fwd_client_config_default(struct tun_fwd_client_config *cfg);
 
 /* Connect to `server`, pinning `server_key`; authenticate with `token`. `secret` is the
- * client's own Ed25519 seed (fresh per run unless configured). */
+ * client's own Ed25519 seed (fresh per run unless configured). With `server` NULL (and
+ * `server_key` unused) only the endpoint is created, on a dual-stack wildcard socket, for a
+ * caller that must first find the server's address on that socket (ICE): it then calls
+ * tun_fwd_client_connect(). Local connections accepted before the connection is ready wait. */
 int tun_fwd_client_new(uv_loop_t *loop, const struct sockaddr *server, const uint8_t server_key[32],
                        const uint8_t secret[32], const char *token,
                        const struct tun_fwd_client_config *cfg,
@@ -40,6 +43,11 @@ int tun_fwd_client_new(uv_loop_t *loop, const struct sockaddr *server, const uin
 /* Listen on `listen` (TCP or UDP) and forward to `source` ("tcp://host:port" or
  * "udp://host:port", as the server sees it). Returns the forward's index or a negative
  * error (e.g. UV_EADDRINUSE). */
+/* Dial the server (once): 0, TUN_EINVAL (already dialled or closing) or a QUIC error. */
+int tun_fwd_client_connect(struct tun_fwd_client *c, const struct sockaddr *server,
+                           const uint8_t server_key[32]);
+/* The QUIC endpoint, for protocols that share its socket (ICE). */
+struct tun_qep *tun_fwd_client_endpoint(struct tun_fwd_client *c);
 int tun_fwd_client_add(struct tun_fwd_client *c, const struct sockaddr *listen, const char *source);
 int tun_fwd_client_listen_addr(struct tun_fwd_client *c, int fwd, struct sockaddr_storage *ss);
 void tun_fwd_client_close(struct tun_fwd_client *c, void (*closed)(void *ud), void *ud);

@@ -615,6 +615,11 @@ int tun_fwd_server_new(uv_loop_t *loop, const struct sockaddr *bind_addr, const 
     return 0;
 }
 
+struct tun_qep *tun_fwd_server_endpoint(struct tun_fwd_server *srv)
+{
+    return srv->ep;
+}
+
 int tun_fwd_server_local_addr(struct tun_fwd_server *srv, struct sockaddr_storage *ss)
 {
     return tun_qep_local_addr(srv->ep, ss);

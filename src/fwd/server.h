@@ -65,6 +65,8 @@ void tun_fwd_server_config_default(struct tun_fwd_server_config *cfg);
 int tun_fwd_server_new(uv_loop_t *loop, const struct sockaddr *bind_addr, const uint8_t secret[32],
                        const struct tun_fwd_server_config *cfg,
                        const struct tun_fwd_server_cbs *cbs, void *ud, struct tun_fwd_server **out);
+/* The QUIC endpoint, for protocols that share its socket (ICE). */
+struct tun_qep *tun_fwd_server_endpoint(struct tun_fwd_server *srv);
 int tun_fwd_server_local_addr(struct tun_fwd_server *srv, struct sockaddr_storage *ss);
 void tun_fwd_server_close(struct tun_fwd_server *srv, void (*closed)(void *ud), void *ud);
 void tun_fwd_server_set_max_active(struct tun_fwd_server *srv, uint32_t max);

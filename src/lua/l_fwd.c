@@ -10,6 +10,7 @@
 #include "fwd/client.h"
 #include "fwd/server.h"
 #include "host/host.h"
+#include "lua/l_shared.h"
 #include "lua/state.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -67,6 +68,8 @@ struct lobj {
     int closing, closed;
     struct lobj *next, *prev;
 };
+
+void (*tun_lua_endpoint_closing)(struct tun_qep *ep);
 
 static struct lobj *all_objs;
 static int closer_registered;
@@ -368,6 +371,10 @@ static void obj_close(struct lobj *o)
         all_objs = o->next;
     if (o->next)
         o->next->prev = o->prev;
+    /* ICE sessions on this endpoint's socket must stop sending through it first. */
+    if (tun_lua_endpoint_closing)
+        tun_lua_endpoint_closing(o->is_server ? tun_fwd_server_endpoint(o->srv)
+                                              : tun_fwd_client_endpoint(o->cli));
     if (o->is_server)
         tun_fwd_server_close(o->srv, NULL, NULL);
     else
@@ -570,8 +577,7 @@ static int l_server_local_addr(lua_State *L)
     struct sockaddr_storage ss;
     tun_fwd_server_local_addr(o->srv, &ss);
     push_addr(L, (struct sockaddr *)&ss);
-    lua_pushinteger(L, ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                      : ((struct sockaddr_in *)&ss)->sin_port));
+    lua_pushinteger(L, tun_sockaddr_port((struct sockaddr *)&ss));
     return 2;
 }
 
@@ -758,12 +764,14 @@ static int l_fwd_client(lua_State *L)
     tun_fwd_client_config_default(&cfg);
     uint8_t secret[32], key[32];
     get_bytes32(L, 1, "secret", secret, 1);
-    get_bytes32(L, 1, "server_key", key, 1);
+    /* Without server_ip only the endpoint starts: connect() dials later (after ICE). */
     lua_getfield(L, 1, "server_ip");
-    const char *ip = luaL_checkstring(L, -1);
-    int port = (int)get_u64(L, 1, "server_port", 0);
+    const char *ip = luaL_optstring(L, -1, NULL);
     struct sockaddr_storage ss;
-    parse_addr(L, ip, port, &ss);
+    if (ip) {
+        get_bytes32(L, 1, "server_key", key, 1);
+        parse_addr(L, ip, (int)get_u64(L, 1, "server_port", 0), &ss);
+    }
     lua_getfield(L, 1, "token");
     const char *token = luaL_checkstring(L, -1);
     cfg.flow_idle_ms = get_u64(L, 1, "flow_idle_ms", cfg.flow_idle_ms);
@@ -775,8 +783,8 @@ static int l_fwd_client(lua_State *L)
         .on_rejected = c_on_rejected,
         .on_closed = c_on_closed,
     };
-    int rc = tun_fwd_client_new(luv_loop(L), (struct sockaddr *)&ss, key, secret, token, &cfg, &cbs,
-                                o, &o->cli);
+    int rc = tun_fwd_client_new(luv_loop(L), ip ? (struct sockaddr *)&ss : NULL, key, secret, token,
+                                &cfg, &cbs, o, &o->cli);
     memset(secret, 0, sizeof(secret));
     if (rc != 0) {
         discard_obj(L, o);
@@ -786,6 +794,50 @@ static int l_fwd_client(lua_State *L)
         return 3;
     }
     return 1;
+}
+
+/* connect(ip, port, server_key) -> true | nil, err */
+static int l_client_connect(lua_State *L)
+{
+    struct lobj *o = *check_obj(L, 1, CLIENT_MT);
+    const char *ip = luaL_checkstring(L, 2);
+    int port = (int)luaL_checkinteger(L, 3);
+    size_t kl = 0;
+    const char *key = luaL_checklstring(L, 4, &kl);
+    if (kl != 32)
+        return luaL_argerror(L, 4, "server key must be 32 bytes");
+    struct sockaddr_storage ss;
+    parse_addr(L, ip, port, &ss);
+    int rc = tun_fwd_client_connect(o->cli, (struct sockaddr *)&ss, (const uint8_t *)key);
+    if (rc != 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot connect to %s port %d: %s", ip, port, tun_strerror(rc));
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* endpoint_addr() -> ip, port of the QUIC socket */
+static int l_client_endpoint_addr(lua_State *L)
+{
+    struct lobj *o = *check_obj(L, 1, CLIENT_MT);
+    struct sockaddr_storage ss;
+    tun_qep_local_addr(tun_fwd_client_endpoint(o->cli), &ss);
+    push_addr(L, (struct sockaddr *)&ss);
+    lua_pushinteger(L, tun_sockaddr_port((struct sockaddr *)&ss));
+    return 2;
+}
+
+struct tun_qep *tun_lua_fwd_endpoint(lua_State *L, int idx)
+{
+    struct lobj **p = luaL_testudata(L, idx, SERVER_MT);
+    if (!p)
+        p = luaL_testudata(L, idx, CLIENT_MT);
+    if (!p || !*p || (*p)->closing)
+        return NULL;
+    return (*p)->is_server ? tun_fwd_server_endpoint((*p)->srv)
+                           : tun_fwd_client_endpoint((*p)->cli);
 }
 
 /* add(listen_ip, listen_port, source) -> index (1-based) | nil, err */
@@ -815,8 +867,7 @@ static int l_client_listen_addr(lua_State *L)
     if (tun_fwd_client_listen_addr(o->cli, (int)luaL_checkinteger(L, 2) - 1, &ss) != 0)
         return 0;
     push_addr(L, (struct sockaddr *)&ss);
-    lua_pushinteger(L, ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                      : ((struct sockaddr_in *)&ss)->sin_port));
+    lua_pushinteger(L, tun_sockaddr_port((struct sockaddr *)&ss));
     return 2;
 }
 
@@ -863,9 +914,10 @@ int luaopen_tunnel_core_fwd(lua_State *L)
         {NULL, NULL},
     };
     static const luaL_Reg client_methods[] = {
-        {"add", l_client_add},     {"listen_addr", l_client_listen_addr},
-        {"stats", l_client_stats}, {"close", l_obj_close},
-        {"closed", l_obj_closed},  {NULL, NULL},
+        {"add", l_client_add},         {"listen_addr", l_client_listen_addr},
+        {"connect", l_client_connect}, {"endpoint_addr", l_client_endpoint_addr},
+        {"stats", l_client_stats},     {"close", l_obj_close},
+        {"closed", l_obj_closed},      {NULL, NULL},
     };
     const char *names[] = {SERVER_MT, CLIENT_MT};
     const luaL_Reg *methods[] = {server_methods, client_methods};

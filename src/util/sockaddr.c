@@ -36,3 +36,12 @@ const char *tun_sockaddr_format(const struct sockaddr *a, char *buf, size_t cap)
     }
     return buf;
 }
+
+unsigned tun_sockaddr_port(const struct sockaddr *a)
+{
+    if (a->sa_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)a)->sin_port);
+    if (a->sa_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
+    return 0;
+}

@@ -9,6 +9,8 @@
 socklen_t tun_sockaddr_len(const struct sockaddr *a);
 /* Same family, address and port. */
 int tun_sockaddr_equal(const struct sockaddr *a, const struct sockaddr *b);
+/* The port in host order (0 for other families). */
+unsigned tun_sockaddr_port(const struct sockaddr *a);
 /* "1.2.3.4:5" or "[::1]:5" into `buf`; returns buf. */
 const char *tun_sockaddr_format(const struct sockaddr *a, char *buf, size_t cap);
 
