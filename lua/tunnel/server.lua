@@ -214,17 +214,37 @@ local function request_event(self, ev)
       return reject(M.CODE.DENIED, "denied by server policy")
     end
   end
-  local allow = self.allowed[ev.proto]
-  if #allow == 0 then
-    return reject(M.CODE.DENIED, string.format("%s forwarding is not allowed on this server",
-      ev.proto:upper()))
-  end
-  policy.resolve(req.host, ev.proto, function(ips, err)
+  self:vet(ev.proto, req.host, req.port, function(list, code, reason)
     if core_srv:closed() then
       return
     end
+    if not list then
+      return reject(code, reason)
+    end
+    flog.debug("session %d: %s allowed, connecting to %s", ev.session, src,
+      table.concat(list.ips, ", "))
+    core_srv:accept(ev.session, ev.stream, list)
+  end)
+end
+
+--- Check `proto` host:port against the allow-list, resolving names off the loop.
+-- cb(list) with list = { {ip, port}, ..., ips = {...} } in connection order, or
+-- cb(nil, code, reason) when refused.
+function Server:vet(proto, name, port, cb)
+  local hostport = name:find(":", 1, true) and ("[" .. name .. "]:" .. port)
+    or (name .. ":" .. port)
+  local src = proto .. "://" .. hostport
+  local allow = self.allowed[proto]
+  if not allow then
+    return cb(nil, M.CODE.BAD_REQUEST, "unknown protocol " .. tostring(proto))
+  end
+  if #allow == 0 then
+    return cb(nil, M.CODE.DENIED, string.format("%s forwarding is not allowed on this server",
+      proto:upper()))
+  end
+  policy.resolve(name, proto, function(ips, err)
     if not ips then
-      return reject(M.CODE.RESOLVE, err)
+      return cb(nil, M.CODE.RESOLVE, err)
     end
     local ok_ips = {}
     for _, ip in ipairs(ips) do
@@ -233,16 +253,14 @@ local function request_event(self, ev)
       end
     end
     if #ok_ips == 0 then
-      return reject(M.CODE.DENIED, string.format("%s (resolved to %s) is not in the allowed " ..
+      return cb(nil, M.CODE.DENIED, string.format("%s (resolved to %s) is not in the allowed " ..
         "networks (%s)", src, table.concat(ips, ", "), policy.describe(allow)))
     end
-    local list = {}
-    for _, ip in ipairs(policy.order(ok_ips)) do
-      list[#list + 1] = { ip, req.port }
+    local list = { ips = policy.order(ok_ips) }
+    for _, ip in ipairs(list.ips) do
+      list[#list + 1] = { ip, port }
     end
-    flog.debug("session %d: %s allowed, connecting to %s", ev.session, src,
-      table.concat(policy.order(ok_ips), ", "))
-    core_srv:accept(ev.session, ev.stream, list)
+    cb(list)
   end)
 end
 
