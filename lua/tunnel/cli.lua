@@ -31,7 +31,7 @@ local function command(p, name, summary, epilog)
   return c
 end
 
-local EXTERNAL = { "server", "client" }
+local EXTERNAL = { "server", "client", "stun" }
 
 local COMMANDS = {
   server = { "tunnel.cmd.server", "run",
@@ -50,6 +50,15 @@ local COMMANDS = {
       "  tunnel client --server-node-id ID --server-addr 203.0.113.5:4433 \\",
       "      --auth-token TOKEN --source tcp://127.0.0.1:22 --target 127.0.0.1:2222",
       "  tunnel client -c client.toml        several forwards from a config file",
+    }, "\n") },
+  stun = { "tunnel.cmd.stun", "run",
+    summary = "Show this host's public UDP address and what its NAT does (STUN).",
+    epilog = table.concat({
+      "Examples:",
+      "  tunnel stun                          ask two public Google STUN servers",
+      "  tunnel stun stun.example.net 198.51.100.7:3478",
+      "  tunnel stun --serve 0.0.0.0:3478     answer STUN requests (for tests and labs)",
+      "Exit status 0 when at least one server answered, 1 otherwise.",
     }, "\n") },
   ["generate-server-key"] = { "tunnel.cmd.keys", "generate_server_key" },
   ["show-server-id"] = { "tunnel.cmd.keys", "show_server_id" },
