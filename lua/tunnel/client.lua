@@ -20,6 +20,7 @@ local OPTIONS = {
   secret = "string", secret_file = "string", forwards = "table", source = "string",
   target = "string", transport = "table", udp_idle_timeout = "number", on_ready = "function",
   on_closed = "function", on_rejected = "function", on_auth_failed = "function",
+  deferred = "boolean",
 }
 
 local CODE_TEXT = {
@@ -32,7 +33,7 @@ Client.__index = Client
 Client.__name = "tunnel.client"
 
 function Client:__tostring()
-  return string.format("tunnel.client(%s)", self.server_id)
+  return string.format("tunnel.client(%s)", self.server_id or "not connected")
 end
 
 --- Resolve "host:port" to an IP (blocking getaddrinfo: used once, at start).
@@ -82,15 +83,23 @@ M.describe_close = describe_close
 --- Create a client and start connecting. Returns the client, or nil and an error message.
 function M.new(opts)
   server_mod.check_options("tunnel.client", opts, OPTIONS, 2)
-  if not opts.server_id then
-    error("tunnel.client: option 'server_id' (the server's EndpointId) is required", 2)
-  end
-  if not opts.server_addr then
-    error("tunnel.client: option 'server_addr' (host:port) is required", 2)
-  end
-  local server_key, err = keys.parse_endpoint_id(opts.server_id)
-  if not server_key then
-    return nil, "server id: " .. err
+  local server_key, err
+  if opts.deferred then
+    -- The server's address and identity come later (ICE, signaling): see Client:connect.
+    if opts.server_id or opts.server_addr then
+      error("tunnel.client: a deferred client takes server_id and server_addr in connect()", 2)
+    end
+  else
+    if not opts.server_id then
+      error("tunnel.client: option 'server_id' (the server's EndpointId) is required", 2)
+    end
+    if not opts.server_addr then
+      error("tunnel.client: option 'server_addr' (host:port) is required", 2)
+    end
+    server_key, err = keys.parse_endpoint_id(opts.server_id)
+    if not server_key then
+      return nil, "server id: " .. err
+    end
   end
   local token = opts.token
   if opts.token and opts.token_file then
@@ -156,15 +165,18 @@ function M.new(opts)
     end
     parsed[i] = { source = src.text, proto = src.proto, ip = ip, port = tgt.port }
   end
-  local sip, sport = resolve_hostport(opts.server_addr)
-  if not sip then
-    return nil, "server address: " .. sport
+  local sip, sport
+  if not opts.deferred then
+    sip, sport = resolve_hostport(opts.server_addr)
+    if not sip then
+      return nil, "server address: " .. sport
+    end
   end
 
   local self = setmetatable({
-    server_id = keys.format_endpoint_id(server_key), forwards = parsed, on_ready = opts.on_ready,
-    on_closed = opts.on_closed, on_rejected = opts.on_rejected,
-    on_auth_failed = opts.on_auth_failed, server_addr = sip .. ":" .. sport,
+    server_id = server_key and keys.format_endpoint_id(server_key), forwards = parsed,
+    on_ready = opts.on_ready, on_closed = opts.on_closed, on_rejected = opts.on_rejected,
+    on_auth_failed = opts.on_auth_failed, server_addr = sip and (sip .. ":" .. sport),
     started = uv.hrtime(),
   }, Client)
   local c, cerr = core.client({
@@ -206,6 +218,26 @@ function Client:_event(ev)
     self.closed_why = ev.why
     call(self.on_closed, self, describe_close(ev.why), ev.why)
   end
+end
+
+--- Dial the server of a deferred client: `ip` and `port` numeric (as ICE selected them),
+-- `server_id` its EndpointId (pinned). Returns true, or nil and an error message.
+function Client:connect(ip, port, server_id)
+  if self.server_id then
+    error("tunnel.client: connect() is for deferred clients, once", 2)
+  end
+  local key, err = keys.parse_endpoint_id(server_id)
+  if not key then
+    return nil, "server id: " .. err
+  end
+  local ok, cerr = self.core:connect(ip, port, key)
+  if not ok then
+    return nil, cerr
+  end
+  self.server_id = keys.format_endpoint_id(key)
+  self.server_addr = ip:find(":", 1, true) and ("[" .. ip .. "]:" .. port) or (ip .. ":" .. port)
+  self.started = uv.hrtime()
+  return true
 end
 
 --- Connection statistics: rtt_ms, cwnd, bytes and packets, remote, ready; nil once closed.

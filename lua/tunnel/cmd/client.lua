@@ -19,6 +19,9 @@ function M.configure(c)
   c:option("-t --target", "Local address to listen on (host:port)."):argname("<host:port>")
   c:option("--auth-token", "Authentication token."):argname("<token>")
   c:option("--auth-token-file", "File holding the token."):argname("<file>")
+  c:command_target("mode"):require_command(false)
+  require("tunnel.cmd.manual").configure(c:command("manual", "Manual mode: ICE with the " ..
+    "offer and answer copied by hand."), "client")
 end
 
 function M.settings(args)
@@ -42,7 +45,28 @@ function M.settings(args)
   return section, config.forwards(whole)
 end
 
+--- The validated [manual] section and the forward.
+function M.manual_settings(args)
+  if (args.source == nil) ~= (args.target == nil) then
+    return nil, "--source and --target go together"
+  end
+  local stun = args.stun_server and #args.stun_server > 0 and args.stun_server or nil
+  local section, whole = common.settings(args, "client", "manual", {
+    stun_servers = stun, request_source = args.source, target = args.target,
+  })
+  if not section then
+    return nil, whole
+  end
+  return section, config.forwards(whole)
+end
+
 function M.run(args)
+  local mode = common.mode(args, "client")
+  if mode == "manual" then
+    return require("tunnel.cmd.manual").client(args, M.manual_settings)
+  elseif mode ~= "iroh" then
+    return fail(mode .. " mode is not available yet: use iroh or manual")
+  end
   local s, forwards = M.settings(args)
   if not s then
     return fail(forwards)

@@ -31,6 +31,22 @@ function M.settings(args, role, mode, cli)
   return v[mode], v
 end
 
+--- The mode a command runs in: the mode subcommand if given, else the config file's `mode`
+-- key, else iroh.
+function M.mode(args, role)
+  if args.mode then
+    return args.mode
+  end
+  if args.config or args.default_config then
+    local path = args.config or config.default_path(role)
+    local cfg = config.load(path, { role = role })
+    if cfg and cfg.mode then
+      return cfg.mode
+    end
+  end
+  return "iroh"
+end
+
 --- Options every mode command has (called from a command's configure()).
 function M.config_options(c, role)
   c:option("-c --config", "TOML config file (see docs/config.md)."):argname("<file>")

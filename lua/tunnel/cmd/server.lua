@@ -23,6 +23,9 @@ function M.configure(c)
     "no limit)."):argname("<n>"):convert(tonumber)
   c:option("--secret-file", "Secret key file (tunnel generate-server-key)."):argname("<file>")
   c:option("--secret", "Secret key, base64 (prefer --secret-file)."):argname("<base64>")
+  c:command_target("mode"):require_command(false)
+  require("tunnel.cmd.manual").configure(c:command("manual", "Manual mode: ICE with the " ..
+    "offer and answer copied by hand (one session)."), "server")
 end
 
 local function nonempty(list)
@@ -68,7 +71,21 @@ local function register_repl(srv)
   end)
 end
 
+--- The validated [manual] section.
+function M.manual_settings(args)
+  return common.settings(args, "server", "manual", {
+    stun_servers = nonempty(args.stun_server),
+    allowed_sources = { tcp = nonempty(args.allowed_tcp), udp = nonempty(args.allowed_udp) },
+  })
+end
+
 function M.run(args)
+  local mode = common.mode(args, "server")
+  if mode == "manual" then
+    return require("tunnel.cmd.manual").server(args, M.manual_settings)
+  elseif mode ~= "iroh" then
+    return fail(mode .. " mode is not available yet: use iroh or manual")
+  end
   local s, err = M.settings(args)
   if not s then
     return fail(err)

@@ -1,0 +1,741 @@
+/*
+ * tunnel.core.ice: ICE sessions (src/ice/agent.h) on the socket of a tunnel.core.fwd server or
+ * client, so that the pair ICE finds is the very path QUIC then uses.
+ *
+ * The agent is sans-IO; this file is its driver: one uv_timer for its timeouts, the endpoint's
+ * non-QUIC handler for input (shared by every session on that endpoint: each datagram is offered
+ * to each session until one takes it, which the ufrag and transaction ids make unambiguous),
+ * tun_qep_send_raw for output. Agent events are queued and delivered to Lua from an idle
+ * callback, never from inside packet processing.
+ */
+#include "lua/modules.h"
+
+#include "host/host.h"
+#include "ice/agent.h"
+#include "lua/l_shared.h"
+#include "lua/state.h"
+#include "util/error.h"
+#include "util/log.h"
+#include "util/sockaddr.h"
+
+#include <lauxlib.h>
+#include <luv/luv.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ICE_MT "tunnel.ice"
+
+struct qev {
+    struct qev *next;
+    struct tun_ice_event ev;
+};
+
+struct lice {
+    lua_State *L;
+    int self_ref, cb_ref;
+    struct tun_ice_agent *agent;
+    struct tun_qep *ep; /* NULL once the endpoint closed */
+    uv_timer_t timer;
+    uv_idle_t idle;
+    int idle_active;
+    int pending_handles;
+    struct qev *head, *tail;
+    int closing;
+    struct lice *next, *prev;
+};
+
+static struct lice *all_ice;
+static int closer_registered;
+
+static void pump(struct lice *s);
+
+/* ---- endpoint demultiplexing ---------------------------------------------------------------- */
+
+static void ep_input(void *ud, const struct sockaddr *local, const struct sockaddr *from,
+                     const uint8_t *data, size_t len)
+{
+    (void)local;
+    struct tun_qep *ep = ud;
+    for (struct lice *s = all_ice; s; s = s->next) {
+        if (s->ep != ep || s->closing)
+            continue;
+        int rc = tun_ice_agent_input(s->agent, from, data, len, uv_now(s->timer.loop));
+        if (rc != 0) {
+            if (rc < 0) {
+                char buf[80];
+                tun_log_debug(ICE, "malformed STUN from %s dropped: %s",
+                              tun_sockaddr_format(from, buf, sizeof(buf)), tun_strerror(rc));
+            }
+            pump(s);
+            return;
+        }
+    }
+}
+
+static void ep_attach(struct tun_qep *ep)
+{
+    tun_qep_set_other_handler(ep, ep_input, ep);
+}
+
+static void ep_detach_if_unused(struct tun_qep *ep)
+{
+    for (struct lice *s = all_ice; s; s = s->next)
+        if (s->ep == ep && !s->closing)
+            return;
+    tun_qep_set_other_handler(ep, NULL, NULL);
+}
+
+static void endpoint_closing(struct tun_qep *ep)
+{
+    for (struct lice *s = all_ice; s; s = s->next)
+        if (s->ep == ep)
+            s->ep = NULL;
+}
+
+/* ---- driver --------------------------------------------------------------------------------- */
+
+static void deliver_cb(uv_idle_t *h);
+
+static void timer_cb(uv_timer_t *t)
+{
+    pump(t->data);
+}
+
+static void pump(struct lice *s)
+{
+    if (s->closing)
+        return;
+    uint64_t now = uv_now(s->timer.loop);
+    uint8_t buf[1500];
+    struct sockaddr_storage to;
+    for (int i = 0; i < 64; i++) {
+        int n = tun_ice_agent_next_send(s->agent, now, buf, sizeof(buf), &to);
+        if (n <= 0) {
+            if (n < 0)
+                tun_log_warn(ICE, "cannot build a STUN message: %s", tun_strerror(n));
+            break;
+        }
+        if (s->ep) {
+            int rc = tun_qep_send_raw(s->ep, (struct sockaddr *)&to, buf, (size_t)n);
+            if (rc < 0) {
+                char a[80];
+                tun_log_debug(ICE, "send to %s failed: %s",
+                              tun_sockaddr_format((struct sockaddr *)&to, a, sizeof(a)),
+                              tun_strerror(rc));
+            }
+        }
+    }
+    struct tun_ice_event ev;
+    while (tun_ice_agent_next_event(s->agent, &ev)) {
+        struct qev *q = malloc(sizeof(*q));
+        if (!q)
+            break;
+        q->ev = ev;
+        q->next = NULL;
+        if (s->tail)
+            s->tail->next = q;
+        else
+            s->head = q;
+        s->tail = q;
+    }
+    if (s->head && !s->idle_active) {
+        s->idle_active = 1;
+        uv_idle_start(&s->idle, deliver_cb);
+    }
+    int64_t t = tun_ice_agent_timeout(s->agent, now);
+    if (t < 0)
+        uv_timer_stop(&s->timer);
+    else
+        uv_timer_start(&s->timer, timer_cb, (uint64_t)t, 0);
+}
+
+/* ---- events to Lua ----------------------------------------------------------------------------
+ */
+
+static void push_addr(lua_State *L, const struct sockaddr_storage *ss, const char *field)
+{
+    if (ss->ss_family != AF_INET && ss->ss_family != AF_INET6)
+        return;
+    char buf[80];
+    lua_pushstring(L, tun_sockaddr_format((const struct sockaddr *)ss, buf, sizeof(buf)));
+    lua_setfield(L, -2, field);
+}
+
+static void push_ip_port(lua_State *L, const struct sockaddr_storage *ss)
+{
+    char ip[64] = "";
+    if (ss->ss_family == AF_INET)
+        uv_ip4_name((const struct sockaddr_in *)ss, ip, sizeof(ip));
+    else if (ss->ss_family == AF_INET6)
+        uv_ip6_name((const struct sockaddr_in6 *)ss, ip, sizeof(ip));
+    lua_pushstring(L, ip);
+    lua_setfield(L, -2, "remote_ip");
+    lua_pushinteger(L, tun_sockaddr_port((const struct sockaddr *)ss));
+    lua_setfield(L, -2, "remote_port");
+}
+
+static void push_pair(lua_State *L, const struct tun_ice_pair_info *p)
+{
+    push_addr(L, &p->remote.addr, "remote");
+    push_ip_port(L, &p->remote.addr);
+    lua_pushstring(L, tun_ice_cand_type_name(p->remote.type));
+    lua_setfield(L, -2, "remote_type");
+    lua_pushstring(L, tun_ice_cand_type_name(p->local_type));
+    lua_setfield(L, -2, "local_type");
+    push_addr(L, &p->seen, "seen");
+    lua_pushnumber(L, (lua_Number)p->rtt_ms);
+    lua_setfield(L, -2, "rtt_ms");
+}
+
+static void push_cand_line(lua_State *L, const struct tun_ice_cand *c)
+{
+    char line[TUN_ICE_CAND_STRMAX + 1];
+    int n = tun_ice_cand_format(c, line, sizeof(line));
+    if (n < 0)
+        lua_pushnil(L);
+    else
+        lua_pushlstring(L, line, (size_t)n);
+}
+
+static void push_event(lua_State *L, const struct tun_ice_event *ev)
+{
+    static const char *const names[] = {"none",   "candidate",    "gathered", "connected",
+                                        "failed", "consent_lost", "role"};
+    lua_newtable(L);
+    int t = ev->type >= 0 && ev->type <= TUN_ICE_EV_ROLE_CHANGED ? ev->type : 0;
+    lua_pushstring(L, names[t]);
+    lua_setfield(L, -2, "type");
+    switch (ev->type) {
+    case TUN_ICE_EV_CANDIDATE:
+        push_cand_line(L, &ev->cand);
+        lua_setfield(L, -2, "candidate");
+        lua_pushstring(L, tun_ice_cand_type_name(ev->cand.type));
+        lua_setfield(L, -2, "candidate_type");
+        break;
+    case TUN_ICE_EV_CONNECTED:
+        push_pair(L, &ev->pair);
+        break;
+    case TUN_ICE_EV_FAILED:
+    case TUN_ICE_EV_CONSENT_LOST:
+        lua_pushstring(L, ev->reason);
+        lua_setfield(L, -2, "reason");
+        break;
+    case TUN_ICE_EV_ROLE_CHANGED:
+        lua_pushboolean(L, ev->controlling);
+        lua_setfield(L, -2, "controlling");
+        break;
+    default:
+        break;
+    }
+}
+
+static void deliver_cb(uv_idle_t *h)
+{
+    struct lice *s = h->data;
+    lua_State *L = s->L;
+    struct qev *list = s->head;
+    s->head = s->tail = NULL;
+    uv_idle_stop(&s->idle);
+    s->idle_active = 0;
+    while (list) {
+        struct qev *q = list;
+        list = q->next;
+        if (!s->closing && s->cb_ref != LUA_NOREF) {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, s->cb_ref);
+            push_event(L, &q->ev);
+            if (tun_lua_pcall(L, 1, 0) != 0) {
+                if (!tun_lua_is_exit(L, -1))
+                    tun_log_error(LUA, "error in an ICE event handler: %s", lua_tostring(L, -1));
+                lua_pop(L, 1);
+            }
+        }
+        free(q);
+    }
+}
+
+/* ---- lifecycle --------------------------------------------------------------------------------
+ */
+
+static void handle_closed(uv_handle_t *h)
+{
+    struct lice *s = h->data;
+    if (--s->pending_handles > 0)
+        return;
+    while (s->head) {
+        struct qev *q = s->head;
+        s->head = q->next;
+        free(q);
+    }
+    tun_ice_agent_free(s->agent);
+    free(s);
+}
+
+static void ice_close(struct lice *s)
+{
+    if (s->closing)
+        return;
+    s->closing = 1;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        all_ice = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    s->next = s->prev = NULL;
+    if (s->ep)
+        ep_detach_if_unused(s->ep);
+    s->ep = NULL;
+    lua_State *L = s->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->self_ref);
+    struct lice **p = lua_touserdata(L, -1);
+    if (p && *p == s)
+        *p = NULL;
+    lua_pop(L, 1);
+    luaL_unref(L, LUA_REGISTRYINDEX, s->cb_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, s->self_ref);
+    s->cb_ref = s->self_ref = LUA_NOREF;
+    s->pending_handles = 2;
+    uv_close((uv_handle_t *)&s->timer, handle_closed);
+    uv_close((uv_handle_t *)&s->idle, handle_closed);
+}
+
+static void close_all(void *ud)
+{
+    (void)ud;
+    while (all_ice)
+        ice_close(all_ice);
+}
+
+static struct lice *check_ice(lua_State *L)
+{
+    struct lice **p = luaL_checkudata(L, 1, ICE_MT);
+    if (!*p || (*p)->closing)
+        luaL_error(L, "ICE session is closed");
+    return *p;
+}
+
+/* ---- options ----------------------------------------------------------------------------------
+ */
+
+static uint32_t opt_u32(lua_State *L, int t, const char *k)
+{
+    lua_getfield(L, t, k);
+    uint32_t v = 0;
+    if (!lua_isnil(L, -1)) {
+        lua_Number n = luaL_checknumber(L, -1);
+        if (n < 0 || n > 3600000)
+            luaL_error(L, "option '%s' out of range", k);
+        v = (uint32_t)n;
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static int parse_ip_port(const char *s, struct sockaddr_storage *ss)
+{
+    /* "1.2.3.4:5" or "[::1]:5" */
+    char host[64];
+    const char *colon;
+    const char *h = s;
+    size_t hl;
+    memset(ss, 0, sizeof(*ss));
+    if (*s == '[') {
+        const char *e = strchr(s, ']');
+        if (!e || e[1] != ':')
+            return TUN_EFORMAT;
+        h = s + 1;
+        hl = (size_t)(e - h);
+        colon = e + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon)
+            return TUN_EFORMAT;
+        hl = (size_t)(colon - s);
+    }
+    if (hl == 0 || hl >= sizeof(host))
+        return TUN_EFORMAT;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port < 1 || port > 65535)
+        return TUN_EFORMAT;
+    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0)
+        return 0;
+    if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss) == 0)
+        return 0;
+    return TUN_EFORMAT;
+}
+
+/* Host candidates: the addresses given, or every usable interface address. */
+static void add_hosts(lua_State *L, struct tun_ice_agent *a, int opts, const struct sockaddr *base)
+{
+    int dual = base->sa_family == AF_INET6;
+    unsigned port = tun_sockaddr_port(base);
+    lua_getfield(L, opts, "hosts");
+    if (!lua_isnil(L, -1)) {
+        luaL_checktype(L, -1, LUA_TTABLE);
+        for (int i = 1;; i++) {
+            lua_rawgeti(L, -1, i);
+            const char *ip = lua_tostring(L, -1);
+            if (!ip) {
+                lua_pop(L, 1);
+                break;
+            }
+            struct sockaddr_storage ss;
+            memset(&ss, 0, sizeof(ss));
+            if (uv_ip4_addr(ip, (int)port, (struct sockaddr_in *)&ss) != 0 &&
+                uv_ip6_addr(ip, (int)port, (struct sockaddr_in6 *)&ss) != 0)
+                luaL_error(L, "hosts[%d]: '%s' is not an IP address", i, ip);
+            if (ss.ss_family == AF_INET6 && !dual)
+                luaL_error(L, "hosts[%d]: %s is IPv6 but the socket is IPv4 only", i, ip);
+            tun_ice_agent_add_host(a, (struct sockaddr *)&ss);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+        return;
+    }
+    lua_pop(L, 1);
+    uv_interface_address_t *ifs;
+    int n;
+    if (uv_interface_addresses(&ifs, &n) != 0)
+        return;
+    /* IPv4 first: the agent also ranks it higher, and the table is bounded. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < n; i++) {
+            struct sockaddr_storage ss;
+            memset(&ss, 0, sizeof(ss));
+            if (ifs[i].is_internal)
+                continue;
+            if (pass == 0 && ifs[i].address.address4.sin_family == AF_INET) {
+                memcpy(&ss, &ifs[i].address.address4, sizeof(struct sockaddr_in));
+                /* 169.254/16 is link-local: not routable between sites. */
+                if ((ntohl(ifs[i].address.address4.sin_addr.s_addr) >> 16) == 0xA9FE)
+                    continue;
+                ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
+            } else if (pass == 1 && dual && ifs[i].address.address6.sin6_family == AF_INET6) {
+                const struct in6_addr *a6 = &ifs[i].address.address6.sin6_addr;
+                /* Link-local addresses need a zone that a candidate line cannot carry. */
+                if (IN6_IS_ADDR_LINKLOCAL(a6) || IN6_IS_ADDR_V4MAPPED(a6))
+                    continue;
+                memcpy(&ss, &ifs[i].address.address6, sizeof(struct sockaddr_in6));
+                ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
+                ((struct sockaddr_in6 *)&ss)->sin6_scope_id = 0;
+            } else {
+                continue;
+            }
+            tun_ice_agent_add_host(a, (struct sockaddr *)&ss);
+        }
+    }
+    uv_free_interface_addresses(ifs, n);
+}
+
+/*
+ * new(fwd_object, { controlling=, stun={"ip:port",...}, hosts={"ip",...}, ta_ms=, rto_ms=,
+ *                   max_tries=, repunch_ms=, keepalive_ms=, consent_ms=, consent_timeout_ms=,
+ *                   fail_ms=, gather_ms=, on_event= })
+ */
+static int l_ice_new(lua_State *L)
+{
+    struct tun_qep *ep = tun_lua_fwd_endpoint(L, 1);
+    if (!ep)
+        return luaL_argerror(L, 1, "an open tunnel.core.fwd server or client");
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_getfield(L, 2, "on_event");
+    luaL_checktype(L, -1, LUA_TFUNCTION);
+    int cb_idx = lua_gettop(L);
+
+    struct tun_ice_cfg cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    lua_getfield(L, 2, "controlling");
+    cfg.controlling = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    cfg.ta_ms = opt_u32(L, 2, "ta_ms");
+    cfg.rto_ms = opt_u32(L, 2, "rto_ms");
+    cfg.rto_max_ms = opt_u32(L, 2, "rto_max_ms");
+    cfg.max_tries = opt_u32(L, 2, "max_tries");
+    cfg.repunch_ms = opt_u32(L, 2, "repunch_ms");
+    cfg.keepalive_ms = opt_u32(L, 2, "keepalive_ms");
+    cfg.consent_ms = opt_u32(L, 2, "consent_ms");
+    cfg.consent_timeout_ms = opt_u32(L, 2, "consent_timeout_ms");
+    cfg.fail_ms = opt_u32(L, 2, "fail_ms");
+    cfg.gather_ms = opt_u32(L, 2, "gather_ms");
+
+    struct sockaddr_storage stun[TUN_ICE_MAX_STUN];
+    size_t nstun = 0;
+    lua_getfield(L, 2, "stun");
+    if (!lua_isnil(L, -1)) {
+        luaL_checktype(L, -1, LUA_TTABLE);
+        for (int i = 1;; i++) {
+            lua_rawgeti(L, -1, i);
+            const char *s = lua_tostring(L, -1);
+            if (!s) {
+                lua_pop(L, 1);
+                break;
+            }
+            if (nstun == TUN_ICE_MAX_STUN)
+                luaL_error(L, "at most %d STUN servers", TUN_ICE_MAX_STUN);
+            if (parse_ip_port(s, &stun[nstun]) != 0)
+                luaL_error(L, "stun[%d]: '%s' is not IP:PORT", i, s);
+            nstun++;
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+
+    struct sockaddr_storage base;
+    if (tun_qep_local_addr(ep, &base) != 0)
+        return luaL_error(L, "the endpoint has no local address");
+    /* A STUN server of a family the socket cannot reach would only time out. */
+    if (base.ss_family == AF_INET)
+        for (size_t i = 0; i < nstun; i++)
+            if (stun[i].ss_family != AF_INET)
+                luaL_error(L, "STUN server %d is IPv6 but the socket is IPv4 only", (int)i + 1);
+
+    struct tun_ice_agent *agent;
+    int rc = tun_ice_agent_new(&cfg, &agent);
+    if (rc != 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot start ICE: %s", tun_strerror(rc));
+        return 2;
+    }
+    add_hosts(L, agent, 2, (struct sockaddr *)&base);
+
+    struct lice *s = calloc(1, sizeof(*s));
+    if (!s) {
+        tun_ice_agent_free(agent);
+        return luaL_error(L, "out of memory");
+    }
+    s->L = luv_state(L);
+    s->agent = agent;
+    s->ep = ep;
+    uv_timer_init(luv_loop(L), &s->timer);
+    uv_idle_init(luv_loop(L), &s->idle);
+    s->timer.data = s->idle.data = s;
+    lua_pushvalue(L, cb_idx);
+    s->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    struct lice **p = lua_newuserdata(L, sizeof(*p));
+    *p = s;
+    luaL_getmetatable(L, ICE_MT);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    s->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    s->next = all_ice;
+    if (all_ice)
+        all_ice->prev = s;
+    all_ice = s;
+    struct tun_host *h = tun_host_get();
+    if (!closer_registered && h) {
+        tun_host_add_closer(h, close_all, NULL);
+        closer_registered = 1;
+    }
+    ep_attach(ep);
+    rc = tun_ice_agent_gather(agent, stun, nstun, uv_now(luv_loop(L)));
+    if (rc != 0) {
+        ice_close(s);
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot gather candidates: %s", tun_strerror(rc));
+        return 2;
+    }
+    pump(s);
+    return 1;
+}
+
+static int l_ice_credentials(lua_State *L)
+{
+    struct lice *s = check_ice(L);
+    lua_pushstring(L, tun_ice_agent_ufrag(s->agent));
+    lua_pushstring(L, tun_ice_agent_pwd(s->agent));
+    return 2;
+}
+
+static int l_ice_candidates(lua_State *L)
+{
+    struct lice *s = check_ice(L);
+    struct tun_ice_cand c[TUN_ICE_MAX_LOCAL];
+    size_t n = tun_ice_agent_local_candidates(s->agent, c, TUN_ICE_MAX_LOCAL);
+    if (n > TUN_ICE_MAX_LOCAL)
+        n = TUN_ICE_MAX_LOCAL;
+    lua_createtable(L, (int)n, 0);
+    int k = 1;
+    for (size_t i = 0; i < n; i++) {
+        push_cand_line(L, &c[i]);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            continue;
+        }
+        lua_rawseti(L, -2, k++);
+    }
+    return 1;
+}
+
+static int l_ice_stun_results(lua_State *L)
+{
+    struct lice *s = check_ice(L);
+    lua_newtable(L);
+    for (size_t i = 0; i < TUN_ICE_MAX_STUN; i++) {
+        struct sockaddr_storage m;
+        memset(&m, 0, sizeof(m));
+        int r = tun_ice_agent_stun_result(s->agent, i, &m);
+        lua_newtable(L);
+        lua_pushstring(L, r > 0 ? "ok" : r == 0 ? "pending" : "failed");
+        lua_setfield(L, -2, "status");
+        if (r > 0)
+            push_addr(L, &m, "mapped");
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    return 1;
+}
+
+/* set_remote(ufrag, pwd) -> true | nil, err */
+static int l_ice_set_remote(lua_State *L)
+{
+    struct lice *s = check_ice(L);
+    const char *u = luaL_checkstring(L, 2);
+    const char *pw = luaL_checkstring(L, 3);
+    int rc = tun_ice_agent_set_remote(s->agent, u, pw, uv_now(s->timer.loop));
+    if (rc != 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, "invalid remote ICE credentials (ufrag 4-256 and password 22-256 "
+                          "characters of A-Z a-z 0-9 + /)");
+        return 2;
+    }
+    pump(s);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* add_remote(candidate_line) -> true | nil, err */
+static int l_ice_add_remote(lua_State *L)
+{
+    struct lice *s = check_ice(L);
+    size_t len;
+    const char *line = luaL_checklstring(L, 2, &len);
+    struct tun_ice_cand c;
+    if (tun_ice_cand_parse(line, len, &c) != 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "not a valid ICE candidate: %.80s", line);
+        return 2;
+    }
+    int rc = tun_ice_agent_add_remote(s->agent, &c, uv_now(s->timer.loop));
+    if (rc != 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot use candidate %.80s: %s", line,
+                        rc == TUN_ERANGE ? "too many candidates" : tun_strerror(rc));
+        return 2;
+    }
+    pump(s);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_ice_end_of_candidates(lua_State *L)
+{
+    struct lice *s = check_ice(L);
+    tun_ice_agent_end_of_candidates(s->agent);
+    pump(s);
+    return 0;
+}
+
+static int l_ice_state(lua_State *L)
+{
+    static const char *const names[] = {"new",       "gathering", "gathered",    "checking",
+                                        "connected", "failed",    "disconnected"};
+    struct lice *s = check_ice(L);
+    int st = tun_ice_agent_state(s->agent);
+    lua_pushstring(L, st >= 0 && st <= TUN_ICE_DISCONNECTED ? names[st] : "?");
+    lua_pushboolean(L, tun_ice_agent_controlling(s->agent));
+    return 2;
+}
+
+static int l_ice_selected(lua_State *L)
+{
+    struct lice *s = check_ice(L);
+    struct tun_ice_pair_info pi;
+    if (tun_ice_agent_selected(s->agent, &pi) != 0) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_newtable(L);
+    push_pair(L, &pi);
+    return 1;
+}
+
+static int l_ice_stop(lua_State *L)
+{
+    struct lice *s = check_ice(L);
+    tun_ice_agent_stop(s->agent);
+    pump(s);
+    return 0;
+}
+
+static int l_ice_close(lua_State *L)
+{
+    struct lice **p = luaL_checkudata(L, 1, ICE_MT);
+    if (*p)
+        ice_close(*p);
+    return 0;
+}
+
+static int l_ice_tostring(lua_State *L)
+{
+    struct lice **p = luaL_checkudata(L, 1, ICE_MT);
+    lua_pushfstring(L, "tunnel.ice (%s)", *p && !(*p)->closing ? "open" : "closed");
+    return 1;
+}
+
+/* Candidate line helpers, usable without a session (validation of pasted descriptions). */
+static int l_ice_parse_candidate(lua_State *L)
+{
+    size_t len;
+    const char *line = luaL_checklstring(L, 1, &len);
+    struct tun_ice_cand c;
+    if (tun_ice_cand_parse(line, len, &c) != 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "not a valid ICE candidate: %.80s", line);
+        return 2;
+    }
+    lua_newtable(L);
+    push_addr(L, &c.addr, "address");
+    lua_pushstring(L, tun_ice_cand_type_name(c.type));
+    lua_setfield(L, -2, "type");
+    lua_pushnumber(L, c.priority);
+    lua_setfield(L, -2, "priority");
+    push_addr(L, &c.rel, "related");
+    return 1;
+}
+
+int luaopen_tunnel_core_ice(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"credentials", l_ice_credentials},
+        {"candidates", l_ice_candidates},
+        {"stun_results", l_ice_stun_results},
+        {"set_remote", l_ice_set_remote},
+        {"add_remote", l_ice_add_remote},
+        {"end_of_candidates", l_ice_end_of_candidates},
+        {"state", l_ice_state},
+        {"selected", l_ice_selected},
+        {"stop", l_ice_stop},
+        {"close", l_ice_close},
+        {NULL, NULL},
+    };
+    tun_lua_endpoint_closing = endpoint_closing;
+    luaL_newmetatable(L, ICE_MT);
+    lua_newtable(L);
+    luaL_register(L, NULL, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_ice_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_ice_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+    static const luaL_Reg fns[] = {
+        {"new", l_ice_new},
+        {"parse_candidate", l_ice_parse_candidate},
+        {NULL, NULL},
+    };
+    lua_newtable(L);
+    luaL_register(L, NULL, fns);
+    return 1;
+}
