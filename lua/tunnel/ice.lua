@@ -22,7 +22,7 @@ local OPTIONS = {
 local TIMING = {
   ta_ms = true, rto_ms = true, rto_max_ms = true, max_tries = true, repunch_ms = true,
   keepalive_ms = true, consent_ms = true, consent_timeout_ms = true, fail_ms = true,
-  gather_ms = true,
+  gather_ms = true, hold_ms = true,
 }
 
 M.MAX_STUN = 4

@@ -47,6 +47,26 @@ M.HINT_FAILED = "a direct path could not be found: both sides may be behind NATs
   "change ports per destination (symmetric), or a firewall drops UDP. iroh mode falls back " ..
   "to a relay and works through any NAT"
 
+-- The server learns the client's candidates first (from the offer) and starts checking at
+-- once, before its answer is even printed; the client holds its own first checks back a
+-- little, so that the server's first check has usually opened the server's NAT and the
+-- client's answers it with a triggered check. So the server's packets are the first through
+-- its NAT whether the user pastes the answer in a minute or (in tests) in a millisecond, and
+-- a server-side router that remembers unsolicited packets (the conntrack pitfall,
+-- docs/ice.md) never sees the client's first.
+M.CLIENT_HOLD_MS = 100
+
+local function with_hold(timing, hold)
+  local t = {}
+  for k, v in pairs(timing or {}) do
+    t[k] = v
+  end
+  if t.hold_ms == nil then
+    t.hold_ms = hold
+  end
+  return t
+end
+
 ---------------------------------------------------------------------------------------------------
 -- Client
 
@@ -91,7 +111,7 @@ function M.client(opts)
   self.client = c
   local sess, ierr = ice.new(c, {
     controlling = true, stun_servers = opts.stun_servers, hosts = opts.hosts,
-    timing = opts.ice_timing,
+    timing = with_hold(opts.ice_timing, M.CLIENT_HOLD_MS),
     on_gathered = function(desc)
       self:_gathered(desc)
     end,
@@ -284,7 +304,8 @@ end
 function Server:_new_ice()
   local o = self.ice_opts
   local sess, err = ice.new(self.server, {
-    controlling = false, stun_servers = o.stun_servers, hosts = o.hosts, timing = o.timing,
+    controlling = false, stun_servers = o.stun_servers, hosts = o.hosts,
+    timing = with_hold(o.timing, 0),
     on_connected = function(_, pair)
       self.pair = pair
       log.info("path to the client found: %s", pair.kind)

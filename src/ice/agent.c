@@ -17,16 +17,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_RESP       8   /* answers to peer checks waiting for next_send */
-#define RESP_CAP       160 /* bytes of one answer (the largest, an IPv6 success, is 88) */
-#define MAX_EVENTS     16
-#define CONSENT_TX     4   /* recent consent transactions whose late answers still count */
-#define STUN_RM        16  /* final wait of a gathering transaction, in initial RTOs */
-#define NEVER          UINT64_MAX
-#define PARSE_MAX      1024 /* longest candidate line accepted */
-#define PARSE_MAXTOK   48
-#define LOCAL_PREF_V4  65535
-#define LOCAL_PREF_V6  32767
+#define MAX_RESP      8   /* answers to peer checks waiting for next_send */
+#define RESP_CAP      160 /* bytes of one answer (the largest, an IPv6 success, is 88) */
+#define MAX_EVENTS    16
+#define CONSENT_TX    4  /* recent consent transactions whose late answers still count */
+#define STUN_RM       16 /* final wait of a gathering transaction, in initial RTOs */
+#define NEVER         UINT64_MAX
+#define PARSE_MAX     1024 /* longest candidate line accepted */
+#define PARSE_MAXTOK  48
+#define LOCAL_PREF_V4 65535
+#define LOCAL_PREF_V6 32767
 
 enum pair_state { P_WAITING = 0, P_IN_PROGRESS, P_SUCCEEDED, P_FAILED };
 
@@ -636,7 +636,9 @@ int tun_ice_agent_set_remote(struct tun_ice_agent *a, const char *ufrag, const c
      * (docs/ice.md): re-punching does.
      */
     a->first_check_ms = now_ms;
-    if (!a->controlling)
+    if (a->cfg.hold_ms && a->cfg.hold_ms != TUN_ICE_NO_HOLD)
+        a->first_check_ms += a->cfg.hold_ms;
+    else if (!a->cfg.hold_ms && !a->controlling)
         a->first_check_ms += a->cfg.ta_ms + randombytes_uniform(a->cfg.ta_ms + 1);
     if (a->state < TUN_ICE_CHECKING)
         a->state = TUN_ICE_CHECKING;
@@ -647,8 +649,7 @@ int tun_ice_agent_set_remote(struct tun_ice_agent *a, const char *ufrag, const c
     return 0;
 }
 
-int tun_ice_agent_add_remote(struct tun_ice_agent *a, const struct tun_ice_cand *c,
-                             uint64_t now_ms)
+int tun_ice_agent_add_remote(struct tun_ice_agent *a, const struct tun_ice_cand *c, uint64_t now_ms)
 {
     (void)now_ms;
     struct sockaddr_storage ss;
@@ -947,9 +948,9 @@ static int next_new(const struct tun_ice_agent *a, uint64_t now, int *kind, uint
             continue;
         if (r->state == P_WAITING && (best < 0 || r->prio > a->rem[best].prio))
             best = (int)i;
-        if (r->state == P_FAILED && (rp < 0 || r->failed_ms < a->rem[rp].failed_ms ||
-                                     (r->failed_ms == a->rem[rp].failed_ms &&
-                                      r->prio > a->rem[rp].prio)))
+        if (r->state == P_FAILED &&
+            (rp < 0 || r->failed_ms < a->rem[rp].failed_ms ||
+             (r->failed_ms == a->rem[rp].failed_ms && r->prio > a->rem[rp].prio)))
             rp = (int)i;
     }
     if (best >= 0) {
@@ -998,9 +999,9 @@ static int send_checks(struct tun_ice_agent *a, uint64_t now, uint8_t *out, size
     if (kind == NEW_NOMINATE) {
         a->nominate_sent = 1;
         char buf[64];
-        tun_log_debug(ICE, "nominating %s",
-                      tun_sockaddr_format((const struct sockaddr *)&a->rem[i].c.addr, buf,
-                                          sizeof buf));
+        tun_log_debug(
+            ICE, "nominating %s",
+            tun_sockaddr_format((const struct sockaddr *)&a->rem[i].c.addr, buf, sizeof buf));
     }
     return start_tx(a, (size_t)i, kind == NEW_NOMINATE, now, out, cap, to);
 }
@@ -1015,12 +1016,13 @@ static int send_connected(struct tun_ice_agent *a, uint64_t now, uint8_t *out, s
         if (tun_stun_new_txid(id) < 0)
             return TUN_ECRYPTO;
         a->consent_n++;
-        a->next_consent_ms = now + (uint64_t)a->cfg.consent_ms * (80 + randombytes_uniform(41)) / 100;
+        a->next_consent_ms =
+            now + (uint64_t)a->cfg.consent_ms * (80 + randombytes_uniform(41)) / 100;
         *to = r->c.addr;
         return write_check(a, r, id, 0, out, cap);
     }
-    uint64_t idle = a->last_traffic_ms > a->last_keepalive_ms ? a->last_traffic_ms
-                                                               : a->last_keepalive_ms;
+    uint64_t idle =
+        a->last_traffic_ms > a->last_keepalive_ms ? a->last_traffic_ms : a->last_keepalive_ms;
     if (now >= idle + a->cfg.keepalive_ms) {
         uint8_t id[TUN_STUN_TXID_LEN];
         if (tun_stun_new_txid(id) < 0)
@@ -1094,8 +1096,8 @@ int64_t tun_ice_agent_timeout(const struct tun_ice_agent *a, uint64_t now_ms)
                     t = min64(t, a->nominate_at);
         }
     } else if (a->state == TUN_ICE_CONNECTED) {
-        uint64_t idle = a->last_traffic_ms > a->last_keepalive_ms ? a->last_traffic_ms
-                                                                   : a->last_keepalive_ms;
+        uint64_t idle =
+            a->last_traffic_ms > a->last_keepalive_ms ? a->last_traffic_ms : a->last_keepalive_ms;
         t = min64(t, a->next_consent_ms);
         t = min64(t, idle + a->cfg.keepalive_ms);
         t = min64(t, a->consent_ok_ms + a->cfg.consent_timeout_ms);
@@ -1131,9 +1133,9 @@ static void answer_error(struct tun_ice_agent *a, const struct sockaddr_storage 
     struct resp *r = push_resp(a, to);
     if (!r)
         return;
-    int len = tun_stun_binding_error(r->buf, sizeof r->buf, m->txid, code, reason, NULL, 0,
-                                     sign ? (const uint8_t *)a->pwd : NULL,
-                                     sign ? strlen(a->pwd) : 0);
+    int len =
+        tun_stun_binding_error(r->buf, sizeof r->buf, m->txid, code, reason, NULL, 0,
+                               sign ? (const uint8_t *)a->pwd : NULL, sign ? strlen(a->pwd) : 0);
     commit_resp(a, r, len);
 }
 
@@ -1150,8 +1152,7 @@ static int on_request(struct tun_ice_agent *a, const struct sockaddr_storage *sr
     /* USERNAME is "ours:theirs". Another ufrag: not for this agent (the caller may offer the
      * datagram elsewhere), but the sender is told, as §7.3 asks. */
     size_t ul = strlen(a->ufrag);
-    if (m->username_len <= ul || memcmp(m->username, a->ufrag, ul) != 0 ||
-        m->username[ul] != ':') {
+    if (m->username_len <= ul || memcmp(m->username, a->ufrag, ul) != 0 || m->username[ul] != ':') {
         answer_error(a, src, m, 401, "Unauthenticated", 0);
         return 0;
     }
@@ -1193,8 +1194,8 @@ static int on_request(struct tun_ice_agent *a, const struct sockaddr_storage *sr
     if (r)
         commit_resp(a, r,
                     tun_stun_binding_success(r->buf, sizeof r->buf, m->txid,
-                                             (const struct sockaddr *)src,
-                                             (const uint8_t *)a->pwd, strlen(a->pwd)));
+                                             (const struct sockaddr *)src, (const uint8_t *)a->pwd,
+                                             strlen(a->pwd)));
     if (!learn)
         return 1;
 
@@ -1383,7 +1384,8 @@ static int ip_text(const struct sockaddr_storage *ss, char *buf, size_t cap)
 int tun_ice_cand_format(const struct tun_ice_cand *c, char *buf, size_t cap)
 {
     char ip[INET6_ADDRSTRLEN], rip[INET6_ADDRSTRLEN];
-    if (!c || !buf || c->type < TUN_ICE_HOST || c->type > TUN_ICE_RELAY || !ip_text(&c->addr, ip, sizeof ip))
+    if (!c || !buf || c->type < TUN_ICE_HOST || c->type > TUN_ICE_RELAY ||
+        !ip_text(&c->addr, ip, sizeof ip))
         return TUN_EINVAL;
     size_t fl = strnlen(c->foundation, TUN_ICE_FOUND_MAX + 1);
     if (fl == 0 || fl > TUN_ICE_FOUND_MAX || !ice_chars(c->foundation, fl))
@@ -1458,8 +1460,8 @@ static int parse_ip(const struct tok *t, uint32_t port, struct sockaddr_storage 
 static int parse_line(const char *s, size_t len, struct tun_ice_cand *c)
 {
     /* Surrounding white space (a pasted line's CR/LF) is tolerated; control bytes are not. */
-    while (len && (s[len - 1] == ' ' || s[len - 1] == '\t' || s[len - 1] == '\r' ||
-                   s[len - 1] == '\n'))
+    while (len &&
+           (s[len - 1] == ' ' || s[len - 1] == '\t' || s[len - 1] == '\r' || s[len - 1] == '\n'))
         len--;
     while (len && (s[0] == ' ' || s[0] == '\t')) {
         s++;

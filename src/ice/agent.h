@@ -23,7 +23,12 @@
  * No allocation happens after tun_ice_agent_new (fixed-size tables below), and no callback is
  * ever made: the layer above (Lua) polls, so no foreign code runs inside input handling.
  *
- * Threading: none. One agent per session; agents are independent.
+ * Addresses are normalised: an IPv4-mapped IPv6 address (::ffff:a.b.c.d, as a dual-stack
+ * socket reports IPv4 peers) is the IPv4 address, and is stored, compared and reported (also
+ * as a `to` of next_send) as AF_INET; Linux accepts AF_INET destinations on a dual-stack
+ * AF_INET6 socket.
+ *
+ * Threading: none. One agent per session; agents are independent. See docs/ice.md.
  */
 #ifndef TUN_ICE_AGENT_H
 #define TUN_ICE_AGENT_H
@@ -68,9 +73,13 @@ struct tun_ice_cand {
  *             [raddr <ip> rport <port>]
  * The "candidate:" prefix (and an "a=" before it) is optional when parsing; unknown trailing
  * extension attributes (name value pairs) are ignored. Format returns the length or
- * TUN_ETOOBIG; parse returns 0 or TUN_EFORMAT (with no partial result) - every field checked:
- * foundation 1..32 ice-chars, component 1, transport udp (any case), priority 1..2^31-1,
- * a numeric IPv4/IPv6 address (no names: they would need a resolver), port 1..65535.
+ * TUN_ETOOBIG (TUN_EINVAL for a candidate it could not parse back: bad type, family or
+ * foundation); parse returns 0 or TUN_EFORMAT (with no partial result; TUN_EINVAL for NULL
+ * arguments) - every field checked: foundation 1..32 ice-chars, component 1, transport udp
+ * (any case), priority 1..2^31-1, a numeric IPv4/IPv6 address (no names: they would need a
+ * resolver; no zone), port 1..65535, decimal numbers without sign or leading zeros; raddr and
+ * rport (0..65535) only together and right after the type; at most 1024 bytes, no control
+ * bytes or non-ASCII; white space around the line (a pasted CR/LF) is tolerated.
  */
 int tun_ice_cand_format(const struct tun_ice_cand *c, char *buf, size_t cap);
 int tun_ice_cand_parse(const char *s, size_t len, struct tun_ice_cand *out);
@@ -86,34 +95,46 @@ struct tun_ice_cfg {
     uint32_t rto_ms;             /* first retransmission timeout of a check [250] */
     uint32_t rto_max_ms;         /* retransmission timeout cap [3000] */
     unsigned max_tries;          /* transmissions per check before the pair fails [7] */
-    uint32_t repunch_ms;         /* failed pairs are checked again after this [2000] */
+    uint32_t repunch_ms;         /* failed pairs are checked again after this [2000];
+                                  * >= fail_ms disables re-punching */
     uint32_t keepalive_ms;       /* Binding indication on the selected pair when idle [15000] */
     uint32_t consent_ms;         /* consent check interval, randomised +-20% [5000] */
     uint32_t consent_timeout_ms; /* consent lost after this without a response [30000] */
     uint32_t fail_ms;            /* no selected pair this long after the remote description:
                                   * failure [40000] */
     uint32_t gather_ms;          /* give up on STUN servers after this [5000] */
+    /* Hold back the first ordinary check this long after the remote description [controlled
+     * side: Ta + random 0..Ta; controlling side: 0]; TUN_ICE_NO_HOLD: start at once. Triggered
+     * checks are never held. A signaling flow in which one side learns the other's
+     * candidates long before (manual mode: the server, while the user carries the answer)
+     * uses it to make that side's checks go first in every case, so that the order of the
+     * first packets through the NATs does not depend on how fast the user pastes. */
+    uint32_t hold_ms;
 };
 
+#define TUN_ICE_NO_HOLD UINT32_MAX
+
 enum tun_ice_state {
-    TUN_ICE_NEW = 0,       /* created; adding local candidates */
-    TUN_ICE_GATHERING,     /* STUN transactions running */
-    TUN_ICE_GATHERED,      /* local description complete; waiting for the remote one */
-    TUN_ICE_CHECKING,      /* connectivity checks under way */
-    TUN_ICE_CONNECTED,     /* a pair is nominated and selected; consent being kept */
-    TUN_ICE_FAILED,        /* no pair worked before fail_ms */
-    TUN_ICE_DISCONNECTED,  /* consent lost on the selected pair */
+    TUN_ICE_NEW = 0,      /* created; adding local candidates */
+    TUN_ICE_GATHERING,    /* STUN transactions running */
+    TUN_ICE_GATHERED,     /* local description complete; waiting for the remote one */
+    TUN_ICE_CHECKING,     /* connectivity checks under way */
+    TUN_ICE_CONNECTED,    /* a pair is nominated and selected; consent being kept */
+    TUN_ICE_FAILED,       /* no pair worked before fail_ms */
+    TUN_ICE_DISCONNECTED, /* consent lost on the selected pair */
 };
 
 enum tun_ice_event_type {
     TUN_ICE_EV_NONE = 0,
-    TUN_ICE_EV_CANDIDATE,     /* a new local candidate (srflx from STUN): `cand` */
-    TUN_ICE_EV_GATHERED,      /* every STUN server answered or gave up */
-    TUN_ICE_EV_CONNECTED,     /* `pair` selected (nominated) */
-    TUN_ICE_EV_FAILED,        /* `reason` */
-    TUN_ICE_EV_CONSENT_LOST,  /* `reason`; the state is now DISCONNECTED */
-    TUN_ICE_EV_ROLE_CHANGED,  /* role conflict resolved: `controlling` is the new role */
+    TUN_ICE_EV_CANDIDATE,    /* a new local candidate (srflx from STUN): `cand` */
+    TUN_ICE_EV_GATHERED,     /* every STUN server answered or gave up */
+    TUN_ICE_EV_CONNECTED,    /* `pair` selected (nominated) */
+    TUN_ICE_EV_FAILED,       /* `reason` */
+    TUN_ICE_EV_CONSENT_LOST, /* `reason`; the state is now DISCONNECTED */
+    TUN_ICE_EV_ROLE_CHANGED, /* role conflict resolved: `controlling` is the new role */
 };
+/* At most 16 events wait to be popped; more are dropped (and logged), which a caller that
+ * polls after every input/next_send never sees happen. */
 
 /* The selected pair as a user would describe it. */
 struct tun_ice_pair_info {
@@ -151,8 +172,10 @@ int tun_ice_agent_state(const struct tun_ice_agent *a);
  * Host candidates get local preferences that keep the caller's order within a family and
  * prefer IPv4 over IPv6 (IPv6 addresses are more often unreachable across sites).
  * add_host: 0, TUN_EINVAL (bad family, after gathering started), TUN_ERANGE (table full;
- * duplicates are ignored and return 0). gather: 0, TUN_EINVAL (twice), TUN_ERANGE (> MAX_STUN).
- * Server-reflexive candidates equal to a host candidate (no NAT) are not added twice.
+ * duplicates are ignored and return 0; port 0 is TUN_EINVAL). gather: 0, TUN_EINVAL (twice, bad
+ * family), TUN_ERANGE (> MAX_STUN). The STUN requests go out Ta apart, with RTO rto_ms doubling
+ * and max_tries transmissions, until gather_ms. Server-reflexive candidates equal to a host
+ * candidate (no NAT) are not added twice.
  */
 int tun_ice_agent_add_host(struct tun_ice_agent *a, const struct sockaddr *addr);
 int tun_ice_agent_gather(struct tun_ice_agent *a, const struct sockaddr_storage *stun, size_t n,
@@ -160,7 +183,8 @@ int tun_ice_agent_gather(struct tun_ice_agent *a, const struct sockaddr_storage 
 /* Local candidates so far; returns the count (copies at most max). */
 size_t tun_ice_agent_local_candidates(const struct tun_ice_agent *a, struct tun_ice_cand *out,
                                       size_t max);
-/* Result of STUN server i of the gathering: 1 answered (mapped set), 0 pending, -1 failed. */
+/* Result of STUN server i of the gathering: 1 answered (mapped set, may be NULL), 0 pending,
+ * -1 failed, timed out at gather_ms, or no such server. */
 int tun_ice_agent_stun_result(const struct tun_ice_agent *a, size_t i,
                               struct sockaddr_storage *mapped);
 
@@ -187,7 +211,11 @@ void tun_ice_agent_end_of_candidates(struct tun_ice_agent *a);
  * count it). Peer checks are authenticated (MESSAGE-INTEGRITY with our password, USERNAME
  * "ours:theirs") before anything is learnt from them; a check that arrives before the remote
  * credentials is answered (it proves nothing about the peer yet) and its source is
- * remembered and checked once they are set.
+ * remembered and checked once they are set. Rejected checks are answered as RFC 8445 §7.3
+ * says: 400 when USERNAME, MESSAGE-INTEGRITY, FINGERPRINT, PRIORITY or the role attribute is
+ * missing, 401 for a bad MESSAGE-INTEGRITY or a USERNAME that is not "ours:theirs" (another
+ * local ufrag also returns 0: the caller may offer the datagram to another agent, though a 401
+ * is queued), 487 for a role conflict we win.
  */
 int tun_ice_agent_input(struct tun_ice_agent *a, const struct sockaddr *from, const uint8_t *data,
                         size_t len, uint64_t now_ms);

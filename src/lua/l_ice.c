@@ -460,6 +460,13 @@ static int l_ice_new(lua_State *L)
     cfg.consent_timeout_ms = opt_u32(L, 2, "consent_timeout_ms");
     cfg.fail_ms = opt_u32(L, 2, "fail_ms");
     cfg.gather_ms = opt_u32(L, 2, "gather_ms");
+    /* hold_ms: nil = the role's default, 0 = none, > 0 = that long. */
+    lua_getfield(L, 2, "hold_ms");
+    if (!lua_isnil(L, -1)) {
+        uint32_t h = opt_u32(L, 2, "hold_ms");
+        cfg.hold_ms = h ? h : TUN_ICE_NO_HOLD;
+    }
+    lua_pop(L, 1);
 
     struct sockaddr_storage stun[TUN_ICE_MAX_STUN];
     size_t nstun = 0;
