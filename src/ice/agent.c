@@ -723,12 +723,12 @@ static void select_pair(struct tun_ice_agent *a, size_t i, uint64_t now)
     if (e)
         pair_info(a, r, &e->pair);
     char buf[64], seen[64];
-    tun_log_info(ICE, "selected %s %s (we are %s as %s), rtt %llu ms",
-                 tun_ice_cand_type_name(r->c.type),
-                 tun_sockaddr_format((const struct sockaddr *)&r->c.addr, buf, sizeof buf),
-                 tun_ice_cand_type_name(local_type_of(a, &r->seen)),
-                 tun_sockaddr_format((const struct sockaddr *)&r->seen, seen, sizeof seen),
-                 (unsigned long long)r->rtt_ms);
+    tun_log_debug(ICE, "selected %s %s (we are %s as %s), rtt %llu ms",
+                  tun_ice_cand_type_name(r->c.type),
+                  tun_sockaddr_format((const struct sockaddr *)&r->c.addr, buf, sizeof buf),
+                  tun_ice_cand_type_name(local_type_of(a, &r->seen)),
+                  tun_sockaddr_format((const struct sockaddr *)&r->seen, seen, sizeof seen),
+                  (unsigned long long)r->rtt_ms);
 }
 
 static void switch_role(struct tun_ice_agent *a, int controlling)
@@ -794,7 +794,7 @@ static void fail_agent(struct tun_ice_agent *a)
                  dur, a->pairs_checked, valid, a->checks_in);
     if (e)
         memcpy(e->reason, reason, sizeof reason);
-    tun_log_info(ICE, "ICE failed: %s", reason);
+    tun_log_debug(ICE, "ICE failed: %s", reason);
     a->state = TUN_ICE_FAILED;
     for (size_t i = 0; i < a->n_rem; i++)
         a->rem[i].tx.active = 0;
@@ -852,7 +852,7 @@ static void tick(struct tun_ice_agent *a, uint64_t now)
                          "the peer stopped answering consent checks: no answer for %s (%u "
                          "consent checks sent)",
                          dur, a->consent_n);
-            tun_log_info(ICE, "consent lost: no answer for %s", dur);
+            tun_log_debug(ICE, "consent lost: no answer for %s", dur);
         }
     }
 }
