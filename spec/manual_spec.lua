@@ -205,4 +205,30 @@ describe("manual mode", function()
     assert.equal(1, p.code)
     assert.matches("--no-stun and --stun-server", p.stderr, 1, true)
   end)
+
+  it("takes manual mode and its settings from a config file's mode key", function()
+    local _, eport = echo_service()
+    local lport = free_port()
+    local ccfg = H.write_file(T.dir .. "/client.toml", table.concat({
+      'role = "client"', 'mode = "manual"', "[manual]", "stun_servers = []",
+      'request_source = "tcp://127.0.0.1:' .. eport .. '"', 'target = "127.0.0.1:' .. lport .. '"',
+    }, "\n") .. "\n")
+    local scfg = H.write_file(T.dir .. "/server.toml", table.concat({
+      'role = "server"', 'mode = "manual"', "[manual]", "stun_servers = []",
+      "[manual.allowed_sources]", 'tcp = ["127.0.0.0/8"]',
+    }, "\n") .. "\n")
+    local cli = track(H.spawn({ H.BIN, "client", "-c", ccfg, "manual", "--ice-host", "127.0.0.1" },
+      { stdin = true, env = T.env }), "client -c")
+    local srv = track(H.spawn({ H.BIN, "server", "-c", scfg, "manual", "--ice-host", "127.0.0.1" },
+      { stdin = true, env = T.env }), "server -c")
+    srv:write(wait_block(cli, "OFFER") .. "\n")
+    cli:write(wait_block(srv, "ANSWER") .. "\n")
+    wait_err(cli, "Forwarding tcp 127.0.0.1:" .. lport, true)
+    -- Without the word `manual` the file's mode decides.
+    local p = track(H.spawn({ H.BIN, "server", "-c", scfg }, { env = T.env }), "server -c bare")
+    p:wait(20)
+    assert.matches("Paste the client's OFFER block", p.stderr, 1, true)
+    assert.matches("no offer: standard input ended", p.stderr, 1, true)
+    assert.equal(1, p.code, logs())
+  end)
 end)

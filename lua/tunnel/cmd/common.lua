@@ -38,10 +38,12 @@ function M.mode(args, role)
     return args.mode
   end
   if args.config or args.default_config then
-    local path = args.config or config.default_path(role)
-    local cfg = config.load(path, { role = role })
-    if cfg and cfg.mode then
-      return cfg.mode
+    -- Only the mode key is read here; the whole file is validated (with its errors reported)
+    -- once the mode is known.
+    local path = config.expand_path(args.config or config.default_path(role))
+    local t = path and require("tunnel.toml").decode_file(path)
+    if type(t) == "table" and type(t.mode) == "string" then
+      return t.mode
     end
   end
   return "iroh"

@@ -149,7 +149,7 @@ function M.client(args, settings_fn)
   local stdin
   local m, merr = manual.client({
     source = f.source, target = f.target, stun_servers = stun_list(args, s),
-    hosts = #args.ice_host > 0 and args.ice_host or nil,
+    hosts = args.ice_host and #args.ice_host > 0 and args.ice_host or nil,
     transport = s.transport, udp_idle_timeout = s.transport and s.transport.udp_idle_timeout,
     on_offer = function(block, self)
       say("\nGive this OFFER to the server (it runs `tunnel server manual`):\n\n")
@@ -224,7 +224,7 @@ function M.server(args, settings_fn)
   local m, merr = manual.server({
     allowed_tcp = allowed.tcp or {}, allowed_udp = allowed.udp or {},
     stun_servers = stun_list(args, s), transport = s.transport,
-    hosts = #args.ice_host > 0 and args.ice_host or nil,
+    hosts = args.ice_host and #args.ice_host > 0 and args.ice_host or nil,
     udp_idle_timeout = s.transport and s.transport.udp_idle_timeout,
     on_connected = function(_, info)
       say(string.format("Connected: %s (client %s from %s), serving %s\n", info.kind,
@@ -272,9 +272,7 @@ function M.server(args, settings_fn)
   end, function()
     if not m.offer_fields and not m.done and not m.checking then
       local _, e = reader:finish()
-      say("tunnel: no offer: standard input ended", e and (" (" .. e .. ")") or "", "\n")
-      m:close()
-      host.stop(1)
+      m:_finish(false, "no offer: standard input ended" .. (e and (" (" .. e .. ")") or ""))
     end
   end)
   register_stats("server", function()
