@@ -12,19 +12,11 @@ local MiB = 1024 * 1024
 local T
 
 local function track(p, label)
-  p.label = label
-  T.procs[#T.procs + 1] = p
-  return p
+  return H.track(T.procs, p, label)
 end
 
---- The stderr/stdout of every process of this test, for assertion messages.
 local function logs()
-  local parts = {}
-  for _, p in ipairs(T.procs) do
-    parts[#parts + 1] = string.format("--- %s (pid %s, done %s, code %s)\n%s%s", p.label,
-      tostring(p.pid), tostring(p.done), tostring(p.code), p.stdout, p.stderr)
-  end
-  return "\n" .. table.concat(parts, "\n")
+  return H.logs(T.procs)
 end
 
 local function count(s, pattern)
@@ -56,15 +48,7 @@ local function service(args)
   return p, port
 end
 
---- A local port that is free right now (for a client's --target).
-local function free_port(proto)
-  local h = proto == "udp" and uv.new_udp() or uv.new_tcp()
-  assert(h:bind("127.0.0.1", 0))
-  local port = h:getsockname().port
-  h:close()
-  uv.run("nowait")
-  return port
-end
+local free_port = H.free_port
 
 --- Start `tunnel server` on an ephemeral port. o: tcp, udp (lists of CIDRs; default
 -- 127.0.0.0/8 each, {} for none), max_sessions, name, wrap (command prefix).

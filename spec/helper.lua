@@ -125,6 +125,33 @@ function H.spawn(cmd, opts)
   return p
 end
 
+--- Remember process `p` under `label` in the list `procs` (for H.logs and cleanup); returns p.
+function H.track(procs, p, label)
+  p.label = label
+  procs[#procs + 1] = p
+  return p
+end
+
+--- The stdout/stderr of every process in `procs`, for assertion messages.
+function H.logs(procs)
+  local parts = {}
+  for _, p in ipairs(procs) do
+    parts[#parts + 1] = string.format("--- %s (pid %s, done %s, code %s)\n%s%s", p.label,
+      tostring(p.pid), tostring(p.done), tostring(p.code), p.stdout, p.stderr)
+  end
+  return "\n" .. table.concat(parts, "\n")
+end
+
+--- A local TCP (or UDP, proto = "udp") port on 127.0.0.1 that is free right now.
+function H.free_port(proto)
+  local h = proto == "udp" and uv.new_udp() or uv.new_tcp()
+  assert(h:bind("127.0.0.1", 0))
+  local port = h:getsockname().port
+  h:close()
+  uv.run("nowait")
+  return port
+end
+
 --- Run the tunnel binary to completion: H.tunnel({"generate-token"}, opts) -> process.
 function H.tunnel(args, opts)
   local cmd = { H.BIN }

@@ -3,7 +3,6 @@
 -- 127.0.0.1 (--ice-host, --no-stun), then data through the tunnel. The NAT cases are in
 -- manual_lab_spec.lua. Deadlines only bound a test; no result depends on timing.
 local H = require "helper"
-local uv = require "luv"
 
 local TOOL = "spec/tools/netcheck.py"
 local MiB = 1024 * 1024
@@ -11,18 +10,11 @@ local MiB = 1024 * 1024
 local T
 
 local function track(p, label)
-  p.label = label
-  T.procs[#T.procs + 1] = p
-  return p
+  return H.track(T.procs, p, label)
 end
 
 local function logs()
-  local parts = {}
-  for _, p in ipairs(T.procs) do
-    parts[#parts + 1] = string.format("--- %s (pid %s, done %s, code %s)\n%s%s", p.label,
-      tostring(p.pid), tostring(p.done), tostring(p.code), p.stdout, p.stderr)
-  end
-  return "\n" .. table.concat(parts, "\n")
+  return H.logs(T.procs)
 end
 
 local function tool(args)
@@ -41,14 +33,7 @@ local function echo_service()
   return p, assert(tonumber(p.stdout:match("PORT (%d+)\n")), "echo did not start" .. logs())
 end
 
-local function free_port()
-  local h = uv.new_tcp()
-  assert(h:bind("127.0.0.1", 0))
-  local port = h:getsockname().port
-  h:close()
-  uv.run("nowait")
-  return port
-end
+local free_port = H.free_port
 
 local function block_of(text, kind)
   return text:match("(%-%-%-%-%-BEGIN TUNNEL " .. kind .. "%-%-%-%-%-.-%-%-%-%-%-END TUNNEL " ..

@@ -53,13 +53,7 @@ local function resolve_hostport(s)
 end
 
 local function call(fn, ...)
-  if not fn then
-    return
-  end
-  local ok, err = host.pcall(fn, ...)
-  if not ok then
-    log.error("client hook failed: %s", tostring(err))
-  end
+  host.hook(log, "client", fn, ...)
 end
 
 local function describe_close(why)

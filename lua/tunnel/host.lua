@@ -58,6 +58,18 @@ function M.pcall(fn, ...)
   return unpack(r, 1, table.maxn(r))
 end
 
+--- Run a user hook: fn(...) when fn is set. An error in it is logged through `logger` (a
+-- tunnel.log group) naming the hook `what`, and does not propagate (tunnel.exit does).
+function M.hook(logger, what, fn, ...)
+  if not fn then
+    return
+  end
+  local ok, err = M.pcall(fn, ...)
+  if not ok then
+    logger.error("%s hook failed: %s", what, tostring(err))
+  end
+end
+
 --- Versions of tunnel and of every library it is built on.
 function M.versions()
   local v = core.versions()

@@ -45,13 +45,7 @@ local function check_table(what, t, known, level)
 end
 
 local function call(name, fn, ...)
-  if not fn then
-    return
-  end
-  local ok, err = host.pcall(fn, ...)
-  if not ok then
-    log.error("%s hook failed: %s", name, tostring(err))
-  end
+  host.hook(log, name, fn, ...)
 end
 
 --- Resolve STUN servers "host[:port]" (default port 3478) to numeric "ip:port" strings.

@@ -34,13 +34,7 @@ for k, v in pairs(COMMON) do
 end
 
 local function call(name, fn, ...)
-  if not fn then
-    return
-  end
-  local ok, err = host.pcall(fn, ...)
-  if not ok then
-    log.error("%s hook failed: %s", name, tostring(err))
-  end
+  host.hook(log, name, fn, ...)
 end
 
 M.HINT_FAILED = "a direct path could not be found: both sides may be behind NATs that " ..

@@ -378,12 +378,9 @@ static void conn_on_datagram(struct tun_qconn *qc, const uint8_t *data, size_t l
         tun_flow_from_peer(f, data + n, len - n);
 }
 
-static void conn_on_closed(struct tun_qconn *qc, const struct tun_qclose_info *why, void *ud)
+/* Close the accepted local connections that still wait for the session. */
+static void drop_waiting(struct tun_fwd_client *cl)
 {
-    (void)qc;
-    struct tun_fwd_client *cl = ud;
-    cl->closed = 1;
-    cl->qc = NULL;
     while (cl->waiting) {
         struct tcpconn *tc = cl->waiting;
         cl->waiting = tc->next;
@@ -391,6 +388,15 @@ static void conn_on_closed(struct tun_qconn *qc, const struct tun_qclose_info *w
     }
     cl->waiting_tail = NULL;
     cl->nwaiting = 0;
+}
+
+static void conn_on_closed(struct tun_qconn *qc, const struct tun_qclose_info *why, void *ud)
+{
+    (void)qc;
+    struct tun_fwd_client *cl = ud;
+    cl->closed = 1;
+    cl->qc = NULL;
+    drop_waiting(cl);
     if (cl->cbs.on_closed)
         cl->cbs.on_closed(cl, why, cl->ud);
 }
@@ -582,12 +588,18 @@ void tun_fwd_client_close(struct tun_fwd_client *cl, void (*closed)(void *ud), v
     cl->closing = 1;
     cl->closed_cb = closed;
     cl->closed_ud = ud;
+    /* No callback after close: the layer above may free its side right away. */
+    memset(&cl->cbs, 0, sizeof(cl->cbs));
     cl->pending_closes++; /* held while closing starts */
     for (int i = 0; i < cl->nfwds; i++) {
         struct fwd *fw = cl->fwds[i];
         uv_close(fw->udp ? (uv_handle_t *)&fw->udpsock : (uv_handle_t *)&fw->tcp, fwd_closed);
     }
     cl->nfwds = 0;
+    /* Never dialled (a deferred client whose ICE failed): no connection will close and
+     * release the local connections still waiting for it. */
+    if (!cl->qc)
+        drop_waiting(cl);
     cl->pending_closes++;
     tun_qep_close(cl->ep, TUN_CLOSE_DONE, ep_closed, cl);
     part_closed(cl);

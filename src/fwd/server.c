@@ -70,9 +70,15 @@ struct tun_fwd_server {
     void *ud;
     struct session *sessions;
     uint32_t active;
+    /* Channels allocated and not yet freed. A splice's TCP handle may still be closing when the
+     * endpoint has closed: the server is freed only when both are gone. */
+    size_t nchans;
+    int ep_gone;
     void (*closed_cb)(void *);
     void *closed_ud;
 };
+
+static void server_free(struct tun_fwd_server *srv);
 
 void tun_fwd_server_config_default(struct tun_fwd_server_config *cfg)
 {
@@ -145,22 +151,22 @@ static void chan_info(struct chan *ch, struct tun_fwd_chan_info *info, uint64_t 
 static void chan_free(struct chan *ch)
 {
     struct session *ss = ch->sess;
-    if (!ss) { /* orphaned when its session closed */
-        tun_msg_reader_free(&ch->rd);
-        free(ch);
-        return;
+    struct tun_fwd_server *srv = ch->srv;
+    if (ss) { /* else orphaned when its session closed */
+        if (ch->counted)
+            srv->active--;
+        if (ch->prev)
+            ch->prev->next = ch->next;
+        else
+            ss->chans = ch->next;
+        if (ch->next)
+            ch->next->prev = ch->prev;
+        ss->nchans--;
     }
-    if (ch->counted)
-        ss->srv->active--;
-    if (ch->prev)
-        ch->prev->next = ch->next;
-    else
-        ss->chans = ch->next;
-    if (ch->next)
-        ch->next->prev = ch->prev;
-    ss->nchans--;
     tun_msg_reader_free(&ch->rd);
     free(ch);
+    if (--srv->nchans == 0 && srv->ep_gone)
+        server_free(srv);
 }
 
 /* The chan is finished once its stream is gone and no handle of its own is open. */
@@ -476,6 +482,7 @@ static void session_on_stream(struct tun_qconn *qc, struct tun_qstream *s, void 
         return;
     }
     ch->srv = ss->srv;
+    ch->srv->nchans++;
     ch->sess = ss;
     ch->s = s;
     ch->sid = tun_qstream_id(s);
@@ -625,9 +632,8 @@ int tun_fwd_server_local_addr(struct tun_fwd_server *srv, struct sockaddr_storag
     return tun_qep_local_addr(srv->ep, ss);
 }
 
-static void ep_closed(void *ud)
+static void server_free(struct tun_fwd_server *srv)
 {
-    struct tun_fwd_server *srv = ud;
     void (*cb)(void *) = srv->closed_cb;
     void *cud = srv->closed_ud;
     free(srv);
@@ -635,10 +641,20 @@ static void ep_closed(void *ud)
         cb(cud);
 }
 
+static void ep_closed(void *ud)
+{
+    struct tun_fwd_server *srv = ud;
+    srv->ep_gone = 1;
+    if (srv->nchans == 0)
+        server_free(srv);
+}
+
 void tun_fwd_server_close(struct tun_fwd_server *srv, void (*closed)(void *ud), void *ud)
 {
     srv->closed_cb = closed;
     srv->closed_ud = ud;
+    /* No callback after close: the layer above may free its side right away. */
+    memset(&srv->cbs, 0, sizeof(srv->cbs));
     tun_qep_close(srv->ep, TUN_CLOSE_SHUTDOWN, ep_closed, srv);
 }
 

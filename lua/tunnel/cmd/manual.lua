@@ -131,15 +131,25 @@ local function register_stats(name, fn)
   end
 end
 
+--- The validated settings for `role` (and the second value of settings_fn), or nil and the
+-- exit status after printing why.
+local function prepare(args, role, settings_fn)
+  local ok, err = check_args(args, role)
+  if not ok then
+    return nil, fail(err)
+  end
+  local s, extra = settings_fn(args)
+  if not s then
+    return nil, fail(extra)
+  end
+  return s, extra
+end
+
 function M.client(args, settings_fn)
   local manual, sigblock = require "tunnel.manual", require "tunnel.sigblock"
-  local ok, err = check_args(args, "client")
-  if not ok then
-    return fail(err)
-  end
-  local s, forwards = settings_fn(args)
+  local s, forwards = prepare(args, "client", settings_fn)
   if not s then
-    return fail(forwards)
+    return forwards
   end
   local f = forwards[1]
   if not f then
@@ -211,13 +221,9 @@ end
 
 function M.server(args, settings_fn)
   local manual, sigblock = require "tunnel.manual", require "tunnel.sigblock"
-  local ok, err = check_args(args, "server")
-  if not ok then
-    return fail(err)
-  end
-  local s, serr = settings_fn(args)
+  local s, status = prepare(args, "server", settings_fn)
   if not s then
-    return fail(serr)
+    return status
   end
   local allowed = s.allowed_sources or {}
   local stdin, reader
