@@ -12,7 +12,7 @@
  * be sane. Build with libFuzzer (see fuzz/README.md) or run through fuzz/standalone.c.
  */
 #include "ice/agent.h"
-#include "ice/sha1.h"
+#include "util/sha1.h"
 #include "ice/stun.h"
 #include "util/error.h"
 

@@ -7,7 +7,7 @@
  * re-punch), candidate lines, and mutated checks fed to input().
  */
 #include "ice/agent.h"
-#include "ice/sha1.h"
+#include "util/sha1.h"
 #include "ice/stun.h"
 #include "ice/stun_server.h"
 #include "util/error.h"

@@ -1,5 +1,5 @@
 /* STUN codec: RFC 5769 vectors, SHA-1/HMAC-SHA1 vectors, writer round trips, rejections. */
-#include "ice/sha1.h"
+#include "util/sha1.h"
 #include "ice/stun.h"
 #include "util/error.h"
 #include "test.h"

@@ -1,6 +1,6 @@
 /* STUN message codec (RFC 8489): strict parser and buffer writer. See docs/stun.md. */
 #include "ice/stun.h"
-#include "ice/sha1.h"
+#include "util/sha1.h"
 #include "util/error.h"
 
 #include <sodium.h>

@@ -1,10 +1,12 @@
 /*
- * SHA-1 and HMAC-SHA1 (RFC 3174, RFC 2104), only because STUN's MESSAGE-INTEGRITY (RFC 8489
- * §14.5) requires HMAC-SHA1 and libsodium has no SHA-1. Do not use for anything new: SHA-1 is
- * broken for collision resistance (HMAC-SHA1 as a MAC is still sound).
+ * SHA-1 and HMAC-SHA1 (RFC 3174, RFC 2104). libsodium has no SHA-1, and two protocols we speak
+ * require it: STUN's MESSAGE-INTEGRITY (RFC 8489 §14.5, HMAC-SHA1) and the WebSocket opening
+ * handshake (RFC 6455 §4.2.2, Sec-WebSocket-Accept). Do not use for anything new: SHA-1 is
+ * broken for collision resistance (HMAC-SHA1 as a MAC, and the handshake's use as a
+ * non-security nonce echo, are still sound).
  */
-#ifndef TUN_ICE_SHA1_H
-#define TUN_ICE_SHA1_H
+#ifndef TUN_UTIL_SHA1_H
+#define TUN_UTIL_SHA1_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,5 +1,5 @@
-/* SHA-1 (RFC 3174) and HMAC-SHA1 (RFC 2104) for STUN MESSAGE-INTEGRITY. */
-#include "ice/sha1.h"
+/* SHA-1 (RFC 3174) and HMAC-SHA1 (RFC 2104): STUN MESSAGE-INTEGRITY and the WebSocket handshake. */
+#include "util/sha1.h"
 
 #include <sodium.h>
 #include <string.h>
