@@ -31,7 +31,7 @@ local function command(p, name, summary, epilog)
   return c
 end
 
-local EXTERNAL = { "server", "client", "stun" }
+local EXTERNAL = { "server", "client", "stun", "relay" }
 
 local COMMANDS = {
   server = { "tunnel.cmd.server", "run",
@@ -59,6 +59,14 @@ local COMMANDS = {
       "  tunnel stun stun.example.net 198.51.100.7:3478",
       "  tunnel stun --serve 0.0.0.0:3478     answer STUN requests (for tests and labs)",
       "Exit status 0 when at least one server answered, 1 otherwise.",
+    }, "\n") },
+  relay = { "tunnel.cmd.relay", "run",
+    summary = "Run a relay for iroh mode (WebSocket relay, discovery store, optional STUN).",
+    epilog = table.concat({
+      "Examples:",
+      "  tunnel relay --listen 0.0.0.0:3340 --stun-listen 0.0.0.0:3478",
+      "  tunnel relay --listen [::]:443 --tls-cert cert.pem --tls-key key.pem --token TOKEN",
+      "Routes, limits and metrics: docs/relay.md.",
     }, "\n") },
   ["generate-server-key"] = { "tunnel.cmd.keys", "generate_server_key" },
   ["show-server-id"] = { "tunnel.cmd.keys", "show_server_id" },

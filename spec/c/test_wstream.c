@@ -270,6 +270,46 @@ out:
     return NULL;
 }
 
+/* A client that sends one byte and then neither reads nor closes until told to. */
+static volatile int holder_release;
+static void *holder_thread(void *arg)
+{
+    int port = *(int *)arg;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0)
+        send(fd, "x", 1, 0);
+    while (!holder_release)
+        usleep(10000);
+    close(fd);
+    return NULL;
+}
+
+static struct tun_wstream *held;
+static void held_data(struct tun_wstream *s, const uint8_t *data, size_t len, void *ud)
+{
+    (void)data;
+    /* Fill everything up, then close: the peer never reads, so only the linger limit ends it. */
+    static uint8_t junk[65536];
+    while (tun_wstream_write(s, junk, sizeof(junk)) == 0)
+        ;
+    tun_wstream_consume(s, len);
+    tun_wstream_close(s);
+    held = NULL;
+    uv_close((uv_handle_t *)&((struct srv *)ud)->listener, NULL);
+}
+static void held_conn(uv_stream_t *l, int status)
+{
+    struct srv *v = l->data;
+    CHECK_INT_EQ(status, 0);
+    struct tun_wstream_cbs cbs = {.on_data = held_data};
+    v->cfg.linger_ms = 300;
+    CHECK_INT_EQ(tun_wstream_accept(l, NULL, &v->cfg, &cbs, v, &held), 0);
+}
+
 static void run_case(gnutls_certificate_credentials_t cred, int tls, int slow, size_t total,
                      struct srv *v, struct cli *c)
 {
@@ -326,6 +366,25 @@ int main(void)
     CHECK_INT_EQ(v.echoed, 8 * MiB);
     CHECK(v.eagain > 0);
     CHECK(v.drains > 0);
+
+    /* A peer that never reads: after close, the linger limit frees the connection, so the
+     * loop ends while the peer still holds its socket open. */
+    {
+        uv_loop_t loop;
+        uv_loop_init(&loop);
+        int port = srv_start(&v, &loop, NULL);
+        uv_listen((uv_stream_t *)&v.listener, 8, held_conn); /* replaces on_conn */
+        holder_release = 0;
+        pthread_t th;
+        pthread_create(&th, NULL, holder_thread, &port);
+        /* Returns only once the stream is gone: without the linger limit it would wait for the
+         * holder forever (the ctest timeout would report that). */
+        uv_run(&loop, UV_RUN_DEFAULT);
+        CHECK(held == NULL);
+        holder_release = 1;
+        pthread_join(th, NULL);
+        CHECK_INT_EQ(uv_loop_close(&loop), 0);
+    }
 
     /* Not TLS on a TLS port: the stream ends with an error, the server survives. */
     {

@@ -701,6 +701,17 @@ static void finish_close(struct tun_qconn *c)
     if (c->next)
         c->next->prev = c->prev;
     c->next = c->prev = NULL;
+    /* Closing marks the connection dirty once more (set_closed), possibly during the very flush
+     * that got here: it must not stay in the list past its free. */
+    if (c->in_dirty) {
+        struct tun_qconn **pp = &ep->dirty;
+        while (*pp && *pp != c)
+            pp = &(*pp)->dirty_next;
+        if (*pp)
+            *pp = c->dirty_next;
+        c->in_dirty = 0;
+        c->dirty_next = NULL;
+    }
     uv_timer_stop(&c->timer);
     ep->pending_closes++;
     while (c->streams) {

@@ -392,11 +392,18 @@ int tun_qep_local_addr(struct tun_qep *ep, struct sockaddr_storage *ss)
 int tun_qep_connect(struct tun_qep *ep, const struct sockaddr *remote, const uint8_t server_key[32],
                     const struct tun_qconn_cbs *cbs, void *ud, struct tun_qconn **out)
 {
+    return tun_qep_connect_via(ep, NULL, remote, server_key, cbs, ud, out);
+}
+
+int tun_qep_connect_via(struct tun_qep *ep, const struct sockaddr *local,
+                        const struct sockaddr *remote, const uint8_t server_key[32],
+                        const struct tun_qconn_cbs *cbs, void *ud, struct tun_qconn **out)
+{
     if (ep->closing)
         return TUN_ECLOSED;
     struct tun_qconn *c;
-    int rc =
-        tun__qconn_new(ep, 0, (const struct sockaddr *)&ep->local, remote, NULL, server_key, &c);
+    int rc = tun__qconn_new(ep, 0, local ? local : (const struct sockaddr *)&ep->local, remote,
+                            NULL, server_key, &c);
     if (rc != 0)
         return rc;
     tun_qconn_set_cbs(c, cbs, ud);

@@ -132,6 +132,11 @@ int tun_qep_send_raw(struct tun_qep *ep, const struct sockaddr *to, const uint8_
 /* Dial `remote`, pinning the server's Ed25519 public key. */
 int tun_qep_connect(struct tun_qep *ep, const struct sockaddr *remote, const uint8_t server_key[32],
                     const struct tun_qconn_cbs *cbs, void *ud, struct tun_qconn **out);
+/* The same from `local` (NULL: the socket's address): a local address other than the
+ * socket's makes a path of the path sender's, so a connection can start over a relay. */
+int tun_qep_connect_via(struct tun_qep *ep, const struct sockaddr *local,
+                        const struct sockaddr *remote, const uint8_t server_key[32],
+                        const struct tun_qconn_cbs *cbs, void *ud, struct tun_qconn **out);
 
 void tun_qconn_set_cbs(struct tun_qconn *c, const struct tun_qconn_cbs *cbs, void *ud);
 /* The peer's Ed25519 key (valid once on_ready ran), or NULL. */

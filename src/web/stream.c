@@ -31,10 +31,11 @@ struct tun_wstream {
     struct tun_wstream_cfg cfg;
     struct tun_wstream_cbs cbs;
     void *ud;
-    struct buf cin;  /* ciphertext from the socket, for GnuTLS's pull */
-    struct buf in;   /* plaintext for the caller */
-    struct buf cout; /* what GnuTLS pushed during one call, written out after it */
-    size_t queued;   /* bytes in uv_write requests not yet completed */
+    struct buf cin;     /* ciphertext from the socket, for GnuTLS's pull */
+    struct buf in;      /* plaintext for the caller */
+    struct buf cout;    /* what GnuTLS pushed during one call, written out after it */
+    size_t queued;      /* bytes in uv_write requests not yet completed */
+    uv_timer_t *linger; /* after close: gives up on a peer that does not take queued bytes */
     int handshaken, reading, ended, closing, want_drain;
     char peer[64];
 };
@@ -333,6 +334,8 @@ int tun_wstream_accept(uv_stream_t *server, gnutls_certificate_credentials_t cre
         s->cfg.read_limit = DEF_READ_LIMIT;
     if (!s->cfg.write_limit)
         s->cfg.write_limit = DEF_WRITE_LIMIT;
+    if (!s->cfg.linger_ms)
+        s->cfg.linger_ms = 5000;
     if (cbs)
         s->cbs = *cbs;
     s->ud = ud;
@@ -434,9 +437,18 @@ int tun_wstream_is_tls(const struct tun_wstream *s)
     return s->tls != NULL;
 }
 
+static void linger_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
 static void closed_cb(uv_handle_t *h)
 {
     struct tun_wstream *s = h->data;
+    if (s->linger) {
+        s->linger->data = NULL;
+        uv_close((uv_handle_t *)s->linger, linger_closed);
+    }
     if (s->tls)
         gnutls_deinit(s->tls);
     buf_free(&s->cin);
@@ -450,7 +462,16 @@ static void shutdown_cb(uv_shutdown_t *req, int status)
     (void)status;
     struct tun_wstream *s = req->data;
     free(req);
-    uv_close((uv_handle_t *)&s->tcp, closed_cb);
+    if (!uv_is_closing((uv_handle_t *)&s->tcp))
+        uv_close((uv_handle_t *)&s->tcp, closed_cb);
+}
+
+/* The peer did not take what was queued in time: drop it (pending writes are cancelled). */
+static void linger_cb(uv_timer_t *t)
+{
+    struct tun_wstream *s = t->data;
+    if (s && !uv_is_closing((uv_handle_t *)&s->tcp))
+        uv_close((uv_handle_t *)&s->tcp, closed_cb);
 }
 
 void tun_wstream_close(struct tun_wstream *s)
@@ -467,8 +488,17 @@ void tun_wstream_close(struct tun_wstream *s)
     uv_shutdown_t *req = malloc(sizeof(*req));
     if (req) {
         req->data = s;
-        if (uv_shutdown(req, (uv_stream_t *)&s->tcp, shutdown_cb) == 0)
+        if (uv_shutdown(req, (uv_stream_t *)&s->tcp, shutdown_cb) == 0) {
+            /* Bounded: a peer that never reads must not keep the connection (and its queued
+             * bytes) alive; TCP alone would probe a zero window indefinitely. */
+            s->linger = malloc(sizeof(*s->linger));
+            if (s->linger) {
+                uv_timer_init(s->tcp.loop, s->linger);
+                s->linger->data = s;
+                uv_timer_start(s->linger, linger_cb, s->cfg.linger_ms, 0);
+            }
             return;
+        }
         free(req);
     }
     uv_close((uv_handle_t *)&s->tcp, closed_cb);

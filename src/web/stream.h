@@ -39,6 +39,7 @@ struct tun_wstream_cbs {
 struct tun_wstream_cfg {
     size_t read_limit;  /* plaintext held for the caller before reading pauses [256 KiB] */
     size_t write_limit; /* bytes queued for the socket before writes are refused [1 MiB] */
+    uint64_t linger_ms; /* after close, time for the peer to take what is queued [5000] */
 };
 
 /*
@@ -66,8 +67,9 @@ const char *tun_wstream_peer(const struct tun_wstream *s);
 /* Whether this is a TLS stream. */
 int tun_wstream_is_tls(const struct tun_wstream *s);
 
-/* Send what is queued, then close (TLS: with a close_notify). No callback after this call;
- * the memory is freed once libuv has closed the handle. */
+/* Send what is queued, then close (TLS: with a close_notify); a peer that has not taken it
+ * all within linger_ms is cut off. No callback after this call; the memory is freed once libuv
+ * has closed the handle. */
 void tun_wstream_close(struct tun_wstream *s);
 
 /* Load a PEM certificate chain and key into new credentials (for `--tls-cert`/`--tls-key`).

@@ -1,0 +1,459 @@
+/*
+ * tunnel.core.relay: the relay server (relay/server.h) as a Lua object.
+ *
+ *   local s, err = relay.server{ listen = "0.0.0.0:3340", tls_cert = f, tls_key
+ * = f, stun_listen = "0.0.0.0:3478", allow = { key32, ... }, tokens = { "t",
+ * ... }, rate = n, burst = n, pkarr_capacity = n, queue_bytes = n, queue_count
+ * = n, auth_timeout_ms = n, http_timeout_ms = n, ping_ms = n, dead_ms = n }
+ *   s:local_addr() s:stun_addr() s:stats() s:metrics() s:close() s:closed()
+ *
+ * Open servers are anchored in the registry and closed by the host's closer at
+ * shutdown. The TLS credentials belong to the binding; they are freed once the
+ * server has closed.
+ */
+#include "lua/modules.h"
+
+#include "host/host.h"
+#include "relay/server.h"
+#include "util/error.h"
+#include "util/sockaddr.h"
+#include "web/stream.h"
+
+#include <lauxlib.h>
+#include <luv/luv.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SERVER_MT "tunnel.relay.server"
+#define ADDR_MAX  80
+
+struct robj {
+    lua_State *L;
+    int self_ref;
+    struct robj *next, *prev;
+    struct tun_relay_server *srv;
+    gnutls_certificate_credentials_t cred;
+};
+
+static struct robj *all_objs;
+static int closer_registered;
+
+static void unlink_obj(struct robj *o)
+{
+    if (o->prev)
+        o->prev->next = o->next;
+    else if (all_objs == o)
+        all_objs = o->next;
+    if (o->next)
+        o->next->prev = o->prev;
+    o->next = o->prev = NULL;
+}
+
+static void on_server_closed(void *ud)
+{
+    struct robj *o = ud;
+    if (o->cred)
+        gnutls_certificate_free_credentials(o->cred);
+    free(o);
+}
+
+static void obj_close(struct robj *o)
+{
+    unlink_obj(o);
+    lua_State *L = o->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, o->self_ref);
+    struct robj **p = lua_touserdata(L, -1);
+    if (p && *p == o)
+        *p = NULL;
+    lua_pop(L, 1);
+    luaL_unref(L, LUA_REGISTRYINDEX, o->self_ref);
+    o->self_ref = LUA_NOREF;
+    if (o->srv)
+        tun_relay_server_close(o->srv, on_server_closed, o);
+    else
+        on_server_closed(o);
+}
+
+static void close_all(void *ud)
+{
+    (void)ud;
+    while (all_objs)
+        obj_close(all_objs);
+}
+
+/* ---- options
+ * ---------------------------------------------------------------------------------
+ */
+
+static const char *const server_keys[] = {
+    "listen",          "tls_cert",    "tls_key",        "stun_listen",
+    "allow",           "tokens",      "rate",           "burst",
+    "queue_bytes",     "queue_count", "pkarr_capacity", "auth_timeout_ms",
+    "http_timeout_ms", "ping_ms",     "dead_ms",        NULL,
+};
+
+static void check_keys(lua_State *L, int t, const char *const *known)
+{
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1);
+        int ok = 0;
+        if (lua_type(L, -1) == LUA_TSTRING)
+            for (const char *const *k = known; *k && !ok; k++)
+                ok = strcmp(*k, lua_tostring(L, -1)) == 0;
+        if (!ok) {
+            if (lua_type(L, -1) == LUA_TSTRING)
+                luaL_error(L, "unknown option '%s'", lua_tostring(L, -1));
+            luaL_error(L, "option names must be strings, got a %s", luaL_typename(L, -1));
+        }
+    }
+}
+
+/* "1.2.3.4:5" or "[::1]:5" -> *ss. Returns 0 or -1. */
+static int parse_hostport(const char *s, struct sockaddr_storage *ss)
+{
+    char ip[ADDR_MAX];
+    const char *colon;
+    size_t iplen;
+    memset(ss, 0, sizeof(*ss));
+    if (s[0] == '[') {
+        const char *end = strchr(s, ']');
+        if (!end || end[1] != ':')
+            return -1;
+        iplen = (size_t)(end - s - 1);
+        s++;
+        colon = end + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon || memchr(s, ':', (size_t)(colon - s)))
+            return -1;
+        iplen = (size_t)(colon - s);
+    }
+    if (iplen == 0 || iplen >= sizeof(ip))
+        return -1;
+    memcpy(ip, s, iplen);
+    ip[iplen] = '\0';
+    char *end;
+    const char *digits = colon + 1;
+    if (*digits < '0' || *digits > '9')
+        return -1;
+    unsigned long port = strtoul(digits, &end, 10);
+    if (*end || port > 65535)
+        return -1;
+    if (uv_ip4_addr(ip, (int)port, (struct sockaddr_in *)ss) == 0)
+        return 0;
+    if (uv_ip6_addr(ip, (int)port, (struct sockaddr_in6 *)ss) == 0)
+        return 0;
+    return -1;
+}
+
+/* Optional "ip:port" option; 1 when present. */
+static int opt_addr(lua_State *L, int t, const char *k, struct sockaddr_storage *ss)
+{
+    lua_getfield(L, t, k);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (lua_type(L, -1) != LUA_TSTRING || parse_hostport(lua_tostring(L, -1), ss) != 0)
+        luaL_error(L,
+                   "option '%s' must be a numeric address with a port (0.0.0.0:3340 or "
+                   "[::]:3340)",
+                   k);
+    lua_pop(L, 1);
+    return 1;
+}
+
+static uint64_t opt_uint(lua_State *L, int t, const char *k, uint64_t max)
+{
+    lua_getfield(L, t, k);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (lua_type(L, -1) != LUA_TNUMBER)
+        luaL_error(L, "option '%s' must be a number", k);
+    lua_Number n = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    if (n < 0 || n > (lua_Number)max || n != (lua_Number)(uint64_t)n)
+        luaL_error(L, "option '%s' must be a whole number from 0 to %f", k, (double)max);
+    return (uint64_t)n;
+}
+
+static const char *opt_str(lua_State *L, int t, const char *k)
+{
+    lua_getfield(L, t, k);
+    const char *s = NULL;
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_error(L, "option '%s' must be a string", k);
+        s = lua_tostring(L, -1); /* kept alive by the option table */
+    }
+    lua_pop(L, 1);
+    return s;
+}
+
+/* A list option: its length (0 when absent); leaves nothing on the stack. */
+static size_t opt_list_len(lua_State *L, int t, const char *k)
+{
+    lua_getfield(L, t, k);
+    size_t n = 0;
+    if (!lua_isnil(L, -1)) {
+        if (!lua_istable(L, -1))
+            luaL_error(L, "option '%s' must be a list", k);
+        n = lua_objlen(L, -1);
+    }
+    lua_pop(L, 1);
+    return n;
+}
+
+/* ---- server
+ * ----------------------------------------------------------------------------------
+ */
+
+static int l_server(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    check_keys(L, 1, server_keys);
+    struct sockaddr_storage listen_ss, stun_ss;
+    if (!opt_addr(L, 1, "listen", &listen_ss))
+        return luaL_error(L, "option 'listen' is required");
+    int has_stun = opt_addr(L, 1, "stun_listen", &stun_ss);
+    const char *cert = opt_str(L, 1, "tls_cert"), *key = opt_str(L, 1, "tls_key");
+    if (!cert != !key)
+        return luaL_error(L, "options 'tls_cert' and 'tls_key' go together");
+    struct tun_relay_server_cfg cfg = {
+        .listen = (struct sockaddr *)&listen_ss,
+        .stun_listen = has_stun ? (struct sockaddr *)&stun_ss : NULL,
+        .rate = (uint32_t)opt_uint(L, 1, "rate", UINT32_MAX),
+        .burst = (uint32_t)opt_uint(L, 1, "burst", UINT32_MAX),
+        .queue_bytes = (size_t)opt_uint(L, 1, "queue_bytes", 1u << 30),
+        .queue_count = (size_t)opt_uint(L, 1, "queue_count", 1u << 20),
+        .pkarr_capacity = (size_t)opt_uint(L, 1, "pkarr_capacity", 1u << 24),
+        .auth_timeout_ms = opt_uint(L, 1, "auth_timeout_ms", 86400000),
+        .http_timeout_ms = opt_uint(L, 1, "http_timeout_ms", 86400000),
+        .ping_ms = opt_uint(L, 1, "ping_ms", 86400000),
+        .dead_ms = opt_uint(L, 1, "dead_ms", 86400000),
+    };
+    /* Lists are copied into userdata-free scratch that lives until the call
+     * returns: the server copies them. */
+    size_t n_allow = opt_list_len(L, 1, "allow"), n_tokens = opt_list_len(L, 1, "tokens");
+    uint8_t(*allow)[32] = n_allow ? lua_newuserdata(L, n_allow * 32) : NULL;
+    const char **tokens = n_tokens ? lua_newuserdata(L, n_tokens * sizeof(char *)) : NULL;
+    if (n_allow) {
+        lua_getfield(L, 1, "allow");
+        for (size_t i = 0; i < n_allow; i++) {
+            lua_rawgeti(L, -1, (int)i + 1);
+            size_t len = 0;
+            const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+            if (!s || len != 32)
+                return luaL_error(L, "allow[%d] must be a 32-byte public key", (int)i + 1);
+            memcpy(allow[i], s, 32);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    if (n_tokens) {
+        lua_getfield(L, 1, "tokens");
+        for (size_t i = 0; i < n_tokens; i++) {
+            lua_rawgeti(L, -1, (int)i + 1);
+            size_t len = 0;
+            const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+            if (!s || len == 0 || len > 255 || strlen(s) != len)
+                return luaL_error(L, "tokens[%d] must be a string of 1 to 255 bytes", (int)i + 1);
+            tokens[i] = s; /* anchored by the tokens table */
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    cfg.allow = (const uint8_t(*)[32])allow;
+    cfg.n_allow = n_allow;
+    cfg.tokens = tokens;
+    cfg.n_tokens = n_tokens;
+
+    struct robj *o = calloc(1, sizeof(*o));
+    if (!o)
+        return luaL_error(L, "out of memory");
+    if (cert) {
+        char err[512];
+        if (tun_wstream_load_cert(cert, key, &o->cred, err, sizeof(err)) != 0) {
+            free(o);
+            lua_pushnil(L);
+            lua_pushstring(L, err);
+            return 2;
+        }
+        cfg.tls = o->cred;
+    }
+    int rc = tun_relay_server_new(luv_loop(L), &cfg, &o->srv);
+    if (rc != 0) {
+        if (o->cred)
+            gnutls_certificate_free_credentials(o->cred);
+        free(o);
+        lua_pushnil(L);
+        char a[ADDR_MAX];
+        tun_sockaddr_format((struct sockaddr *)&listen_ss, a, sizeof(a));
+        lua_pushfstring(L, "cannot start the relay on %s%s: %s", a,
+                        has_stun ? " or its STUN responder" : "", tun_strerror(rc));
+        return 2;
+    }
+    o->L = luv_state(L);
+    struct robj **p = lua_newuserdata(L, sizeof(*p));
+    *p = o;
+    luaL_getmetatable(L, SERVER_MT);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    o->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    o->next = all_objs;
+    if (all_objs)
+        all_objs->prev = o;
+    all_objs = o;
+    struct tun_host *h = tun_host_get();
+    if (!closer_registered && h) {
+        tun_host_add_closer(h, close_all, NULL);
+        closer_registered = 1;
+    }
+    return 1;
+}
+
+static struct robj *check_server(lua_State *L)
+{
+    struct robj **p = luaL_checkudata(L, 1, SERVER_MT);
+    if (!*p)
+        luaL_error(L, "the relay server is closed");
+    return *p;
+}
+
+static void push_addr(lua_State *L, const struct sockaddr_storage *ss)
+{
+    char buf[ADDR_MAX];
+    tun_sockaddr_format((const struct sockaddr *)ss, buf, sizeof(buf));
+    lua_pushstring(L, buf);
+}
+
+static int l_local_addr(lua_State *L)
+{
+    struct robj *o = check_server(L);
+    struct sockaddr_storage ss;
+    int rc = tun_relay_server_local_addr(o->srv, &ss);
+    if (rc != 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, tun_strerror(rc));
+        return 2;
+    }
+    push_addr(L, &ss);
+    return 1;
+}
+
+static int l_stun_addr(lua_State *L)
+{
+    struct robj *o = check_server(L);
+    struct sockaddr_storage ss;
+    if (tun_relay_server_stun_addr(o->srv, &ss) != 0)
+        return 0;
+    push_addr(L, &ss);
+    return 1;
+}
+
+static int l_stats(lua_State *L)
+{
+    struct robj *o = check_server(L);
+    struct tun_relay_server_stats st;
+    tun_relay_server_stats(o->srv, &st);
+    lua_newtable(L);
+#define F(name)                                                                                    \
+    lua_pushnumber(L, (lua_Number)st.name);                                                        \
+    lua_setfield(L, -2, #name)
+    F(connections);
+    F(clients);
+    F(accepted);
+    F(closed);
+    F(http_requests);
+    F(http_errors);
+    F(upgrades);
+    F(auth_ok);
+    F(auth_failed);
+    F(auth_timeouts);
+    F(datagrams);
+    F(bytes);
+    F(dropped_queue);
+    F(dropped_rate);
+    F(dropped_no_peer);
+    F(peer_gone);
+    F(duplicates);
+    F(pings_timeout);
+    F(protocol_errors);
+    F(pkarr_puts);
+    F(pkarr_put_rejected);
+    F(pkarr_conflicts);
+    F(pkarr_gets);
+    F(pkarr_misses);
+#undef F
+    return 1;
+}
+
+static int l_metrics(lua_State *L)
+{
+    struct robj *o = check_server(L);
+    char buf[16384];
+    int n = tun_relay_server_metrics(o->srv, buf, sizeof(buf));
+    if (n < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, tun_strerror(n));
+        return 2;
+    }
+    lua_pushlstring(L, buf, (size_t)n);
+    return 1;
+}
+
+static int l_close(lua_State *L)
+{
+    struct robj **p = lua_touserdata(L, 1);
+    if (p && *p)
+        obj_close(*p);
+    return 0;
+}
+
+static int l_closed(lua_State *L)
+{
+    struct robj **p = luaL_checkudata(L, 1, SERVER_MT);
+    lua_pushboolean(L, !*p);
+    return 1;
+}
+
+static int l_tostring(lua_State *L)
+{
+    struct robj **p = lua_touserdata(L, 1);
+    lua_pushfstring(L, "%s (%s)", SERVER_MT, p && *p ? "open" : "closed");
+    return 1;
+}
+
+int luaopen_tunnel_core_relay(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"local_addr", l_local_addr},
+        {"stun_addr", l_stun_addr},
+        {"stats", l_stats},
+        {"metrics", l_metrics},
+        {"close", l_close},
+        {"closed", l_closed},
+        {NULL, NULL},
+    };
+    luaL_newmetatable(L, SERVER_MT);
+    lua_newtable(L);
+    luaL_register(L, NULL, methods);
+    lua_setfield(L, -2, "__index");
+    /* Anchored while open: __gc only meets closed servers (or runs at lua_close,
+     * after the host's closer). */
+    lua_pushcfunction(L, l_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+    static const luaL_Reg fns[] = {
+        {"server", l_server},
+        {NULL, NULL},
+    };
+    lua_newtable(L);
+    luaL_register(L, NULL, fns);
+    return 1;
+}
