@@ -20,7 +20,7 @@ local OPTIONS = {
   secret = "string", secret_file = "string", forwards = "table", source = "string",
   target = "string", transport = "table", udp_idle_timeout = "number", on_ready = "function",
   on_closed = "function", on_rejected = "function", on_auth_failed = "function",
-  deferred = "boolean",
+  deferred = "boolean", relay_urls = "table", socks5_proxy = "string", relay_cafile = "string",
 }
 
 local CODE_TEXT = {
@@ -78,7 +78,19 @@ M.describe_close = describe_close
 function M.new(opts)
   server_mod.check_options("tunnel.client", opts, OPTIONS, 2)
   local server_key, err
-  if opts.deferred then
+  local via_relay = opts.relay_urls and #opts.relay_urls > 0 and not opts.server_addr
+    and not opts.deferred
+  if via_relay then
+    -- Dial by EndpointId through the relay (no direct address): the endpoint starts deferred
+    -- and dials once the relay connection is up.
+    if not opts.server_id then
+      error("tunnel.client: option 'server_id' (the server's EndpointId) is required", 2)
+    end
+    server_key, err = keys.parse_endpoint_id(opts.server_id)
+    if not server_key then
+      return nil, "server id: " .. err
+    end
+  elseif opts.deferred then
     -- The server's address and identity come later (ICE, signaling): see Client:connect.
     if opts.server_id or opts.server_addr then
       error("tunnel.client: a deferred client takes server_id and server_addr in connect()", 2)
@@ -160,7 +172,7 @@ function M.new(opts)
     parsed[i] = { source = src.text, proto = src.proto, ip = ip, port = tgt.port }
   end
   local sip, sport
-  if not opts.deferred then
+  if not opts.deferred and not via_relay then
     sip, sport = resolve_hostport(opts.server_addr)
     if not sip then
       return nil, "server address: " .. sport
@@ -173,8 +185,9 @@ function M.new(opts)
     on_auth_failed = opts.on_auth_failed, server_addr = sip and (sip .. ":" .. sport),
     started = uv.hrtime(),
   }, Client)
+  self.via_relay = via_relay
   local c, cerr = core.client({
-    server_ip = sip, server_port = sport, server_key = server_key, secret = secret,
+    server_ip = sip, server_port = sport, server_key = sip and server_key, secret = secret,
     token = token, flow_idle_ms = (opts.udp_idle_timeout or 60) * 1000,
     quic = server_mod.quic_options(opts.transport),
     on_event = function(ev)
@@ -185,6 +198,18 @@ function M.new(opts)
     return nil, cerr
   end
   self.core = c
+  if opts.relay_urls and #opts.relay_urls > 0 then
+    local url, rerr = server_mod.start_relay(c, secret, opts)
+    if not url then
+      c:close()
+      return nil, rerr
+    end
+    self.relay_url = url
+    if via_relay then
+      self.server_key = server_key
+      self.server_addr = "relay " .. url
+    end
+  end
   for i, f in ipairs(parsed) do
     local idx, aerr = c:add(f.ip, f.port, f.source)
     if not idx then
@@ -197,6 +222,19 @@ function M.new(opts)
 end
 
 function Client:_event(ev)
+  if ev.type == "relay" then
+    server_mod.log_relay(self.relay_url, ev, self.relay_state)
+    self.relay_state = ev.state
+    if ev.state == "ready" and self.via_relay and not self.dialled then
+      self.dialled = true
+      self.started = uv.hrtime()
+      local ok, err = self.core:connect_key(self.server_key)
+      if not ok then
+        log.error("%s", err)
+      end
+    end
+    return
+  end
   if ev.type == "ready" then
     self.ready = true
     self.connected_after = (uv.hrtime() - self.started) / 1e6

@@ -32,6 +32,7 @@ local OPTIONS = {
   on_auth = "function", on_request = "function", on_session = "function",
   on_session_closed = "function", on_connection_closed = "function", transport = "table",
   auth_timeout = "number", udp_idle_timeout = "number", name = "string",
+  relay_urls = "table", socks5_proxy = "string", relay_cafile = "string",
 }
 
 --- Check an option table against `known` (name -> type); misuse raises at the caller's line.
@@ -264,8 +265,37 @@ function Server:vet(proto, name, port, cb)
   end)
 end
 
+--- Log relay connection changes; `ev.state` is ready, connecting or waiting.
+function M.log_relay(url, ev, state_before)
+  local rlog = require("tunnel.log").group("relay")
+  if ev.state == "ready" then
+    rlog.info("relay %s: connected", url)
+  elseif ev.state == "waiting" and state_before ~= "waiting" then
+    rlog.warn("relay %s: %s (retrying)", url, ev.reason or "connection lost")
+  end
+end
+
+--- Start the relay path of a core object: `urls[1]` (several relays: the first one, for now).
+function M.start_relay(core_obj, secret, opts)
+  local url = opts.relay_urls[1]
+  if type(url) ~= "string" then
+    return nil, "relay_urls: expected a list of http:// or https:// URLs"
+  end
+  local ok, err = core_obj:relay({ url = url, secret = secret, proxy = opts.socks5_proxy,
+    cafile = opts.relay_cafile })
+  if not ok then
+    return nil, err
+  end
+  return url
+end
+
 local function on_event(self, ev)
   local t = ev.type
+  if t == "relay" then
+    M.log_relay(self.relay_url, ev, self.relay_state)
+    self.relay_state = ev.state
+    return
+  end
   if t == "auth" then
     auth_event(self, ev)
   elseif t == "request" then
@@ -381,6 +411,14 @@ function M.new(opts)
     return nil, cerr
   end
   self.core = srv
+  if opts.relay_urls and #opts.relay_urls > 0 then
+    local url, rerr = M.start_relay(srv, secret, opts)
+    if not url then
+      srv:close()
+      return nil, rerr
+    end
+    self.relay_url = url
+  end
   local ip, port = srv:local_addr()
   self.address_text, self.port = ip, port
   return self

@@ -457,6 +457,12 @@ int tun_fwd_client_new(uv_loop_t *loop, const struct sockaddr *server, const uin
 int tun_fwd_client_connect(struct tun_fwd_client *cl, const struct sockaddr *server,
                            const uint8_t server_key[32])
 {
+    return tun_fwd_client_connect_via(cl, NULL, server, server_key);
+}
+
+int tun_fwd_client_connect_via(struct tun_fwd_client *cl, const struct sockaddr *local,
+                               const struct sockaddr *server, const uint8_t server_key[32])
+{
     if (cl->qc || cl->closed || cl->closing)
         return TUN_EINVAL;
     struct tun_qconn_cbs ccbs = {
@@ -464,7 +470,7 @@ int tun_fwd_client_connect(struct tun_fwd_client *cl, const struct sockaddr *ser
         .on_datagram = conn_on_datagram,
         .on_closed = conn_on_closed,
     };
-    return tun_qep_connect(cl->ep, server, server_key, &ccbs, cl, &cl->qc);
+    return tun_qep_connect_via(cl->ep, local, server, server_key, &ccbs, cl, &cl->qc);
 }
 
 struct tun_qep *tun_fwd_client_endpoint(struct tun_fwd_client *cl)

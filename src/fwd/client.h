@@ -46,6 +46,9 @@ int tun_fwd_client_new(uv_loop_t *loop, const struct sockaddr *server, const uin
 /* Dial the server (once): 0, TUN_EINVAL (already dialled or closing) or a QUIC error. */
 int tun_fwd_client_connect(struct tun_fwd_client *c, const struct sockaddr *server,
                            const uint8_t server_key[32]);
+/* The same from a path other than the socket's (`local`: a relay's synthetic address). */
+int tun_fwd_client_connect_via(struct tun_fwd_client *c, const struct sockaddr *local,
+                               const struct sockaddr *server, const uint8_t server_key[32]);
 /* The QUIC endpoint, for protocols that share its socket (ICE). */
 struct tun_qep *tun_fwd_client_endpoint(struct tun_fwd_client *c);
 int tun_fwd_client_add(struct tun_fwd_client *c, const struct sockaddr *listen, const char *source);

@@ -10,6 +10,7 @@
 #include "fwd/client.h"
 #include "fwd/server.h"
 #include "host/host.h"
+#include "iroh/relaypath.h"
 #include "lua/l_shared.h"
 #include "lua/state.h"
 #include "util/error.h"
@@ -36,11 +37,12 @@ enum ev_type {
     EV_AUTH_FAILED,
     EV_REJECTED,
     EV_CLOSED,
+    EV_RELAY,
 };
 
 static const char *const ev_names[] = {
-    "session",        "auth",  "request",     "refused",  "chan_closed",
-    "session_closed", "ready", "auth_failed", "rejected", "closed",
+    "session", "auth",        "request",  "refused", "chan_closed", "session_closed",
+    "ready",   "auth_failed", "rejected", "closed",  "relay",
 };
 
 struct lev {
@@ -65,6 +67,7 @@ struct lobj {
     struct lev *head, *tail;
     struct tun_fwd_server *srv;
     struct tun_fwd_client *cli;
+    struct tun_relaypath *rp; /* QUIC through a relay, when relay() was called */
     int closing, closed;
     struct lobj *next, *prev;
 };
@@ -186,6 +189,12 @@ static void push_event(lua_State *L, struct lev *e)
     case EV_CLOSED:
         push_why(L, &e->why);
         lua_setfield(L, -2, "why");
+        break;
+    case EV_RELAY:
+        lua_pushstring(L, e->code == TUN_RELAY_CLIENT_READY        ? "ready"
+                          : e->code == TUN_RELAY_CLIENT_CONNECTING ? "connecting"
+                                                                   : "waiting");
+        lua_setfield(L, -2, "state");
         break;
     case EV_AUTH_FAILED:
     case EV_REJECTED:
@@ -371,7 +380,11 @@ static void obj_close(struct lobj *o)
         all_objs = o->next;
     if (o->next)
         o->next->prev = o->prev;
-    /* ICE sessions on this endpoint's socket must stop sending through it first. */
+    /* The relay path and ICE sessions on this endpoint's socket stop using it first. */
+    if (o->rp) {
+        tun_relaypath_free(o->rp);
+        o->rp = NULL;
+    }
     if (tun_lua_endpoint_closing)
         tun_lua_endpoint_closing(o->is_server ? tun_fwd_server_endpoint(o->srv)
                                               : tun_fwd_client_endpoint(o->cli));
@@ -796,6 +809,129 @@ static int l_fwd_client(lua_State *L)
     return 1;
 }
 
+/* ---- relay -------------------------------------------------------------------------------- */
+
+static void rp_on_state(struct tun_relaypath *rp, int state, const char *why, void *ud)
+{
+    (void)rp;
+    struct lev *e = ev_new(ud, EV_RELAY);
+    if (!e)
+        return;
+    e->code = state;
+    if (why)
+        ev_text(e, why, strlen(why));
+}
+
+static struct lobj *check_any(lua_State *L)
+{
+    struct lobj **p = luaL_testudata(L, 1, SERVER_MT);
+    if (!p)
+        p = luaL_checkudata(L, 1, CLIENT_MT);
+    if (!*p || (*p)->closing)
+        luaL_error(L, "the object is closed");
+    return *p;
+}
+
+static const char *opt_str(lua_State *L, int t, const char *k)
+{
+    lua_getfield(L, t, k);
+    const char *v = lua_isnil(L, -1) ? NULL : luaL_checkstring(L, -1);
+    lua_pop(L, 1); /* still referenced by the option table */
+    return v;
+}
+
+/* relay{ url=, secret= (32 bytes: our identity), proxy=, cafile=, token= } -> true | nil, err.
+ * QUIC packets for peers reached through the relay go through it from now on. */
+static int l_obj_relay(lua_State *L)
+{
+    struct lobj *o = check_any(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    if (o->rp)
+        return luaL_error(L, "relay() was already called");
+    struct tun_relay_client_cfg cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.url = opt_str(L, 2, "url");
+    if (!cfg.url)
+        return luaL_error(L, "relay: option 'url' is required");
+    cfg.proxy = opt_str(L, 2, "proxy");
+    cfg.cafile = opt_str(L, 2, "cafile");
+    cfg.token = opt_str(L, 2, "token");
+    get_bytes32(L, 2, "secret", cfg.secret, 1);
+    struct tun_qep *ep =
+        o->is_server ? tun_fwd_server_endpoint(o->srv) : tun_fwd_client_endpoint(o->cli);
+    struct tun_relaypath_cbs cbs = {.on_state = rp_on_state};
+    int rc = tun_relaypath_new(luv_loop(L), ep, &cfg, &cbs, o, &o->rp);
+    memset(cfg.secret, 0, sizeof(cfg.secret));
+    if (rc != 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot use relay %s: %s", cfg.url,
+                        rc == TUN_EINVAL ? "not an http:// or https:// URL" : tun_strerror(rc));
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* relay_stats() -> { state, rtt_ms, tx/rx datagrams and bytes, connects, failures, error } */
+static int l_obj_relay_stats(lua_State *L)
+{
+    struct lobj *o = check_any(L);
+    if (!o->rp) {
+        lua_pushnil(L);
+        return 1;
+    }
+    struct tun_relay_client_stats st;
+    tun_relay_client_stats(tun_relaypath_client(o->rp), &st);
+    lua_newtable(L);
+    lua_pushstring(L, st.state == TUN_RELAY_CLIENT_READY        ? "ready"
+                      : st.state == TUN_RELAY_CLIENT_CONNECTING ? "connecting"
+                                                                : "waiting");
+    lua_setfield(L, -2, "state");
+    lua_pushnumber(L, (lua_Number)st.rtt_us / 1000.0);
+    lua_setfield(L, -2, "rtt_ms");
+    lua_pushnumber(L, (lua_Number)st.tx_datagrams);
+    lua_setfield(L, -2, "tx_datagrams");
+    lua_pushnumber(L, (lua_Number)st.rx_datagrams);
+    lua_setfield(L, -2, "rx_datagrams");
+    lua_pushnumber(L, (lua_Number)st.tx_bytes);
+    lua_setfield(L, -2, "tx_bytes");
+    lua_pushnumber(L, (lua_Number)st.rx_bytes);
+    lua_setfield(L, -2, "rx_bytes");
+    lua_pushnumber(L, (lua_Number)st.connects);
+    lua_setfield(L, -2, "connects");
+    lua_pushnumber(L, (lua_Number)st.failures);
+    lua_setfield(L, -2, "failures");
+    if (st.last_error[0]) {
+        lua_pushstring(L, st.last_error);
+        lua_setfield(L, -2, "error");
+    }
+    return 1;
+}
+
+/* connect_key(server_key) -> true | nil, err: dial the server through the relay. */
+static int l_client_connect_key(lua_State *L)
+{
+    struct lobj *o = *check_obj(L, 1, CLIENT_MT);
+    size_t kl = 0;
+    const char *key = luaL_checklstring(L, 2, &kl);
+    if (kl != 32)
+        return luaL_argerror(L, 2, "server key must be 32 bytes");
+    if (!o->rp)
+        return luaL_error(L, "connect_key() needs relay() first");
+    struct sockaddr_storage local, remote;
+    int rc = tun_relaypath_addr(o->rp, (const uint8_t *)key, &local, &remote);
+    if (rc == 0)
+        rc = tun_fwd_client_connect_via(o->cli, (struct sockaddr *)&local,
+                                        (struct sockaddr *)&remote, (const uint8_t *)key);
+    if (rc != 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot connect through the relay: %s", tun_strerror(rc));
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* connect(ip, port, server_key) -> true | nil, err */
 static int l_client_connect(lua_State *L)
 {
@@ -911,13 +1047,22 @@ int luaopen_tunnel_core_fwd(lua_State *L)
         {"active", l_server_active},
         {"close", l_obj_close},
         {"closed", l_obj_closed},
+        {"relay", l_obj_relay},
+        {"relay_stats", l_obj_relay_stats},
         {NULL, NULL},
     };
     static const luaL_Reg client_methods[] = {
-        {"add", l_client_add},         {"listen_addr", l_client_listen_addr},
-        {"connect", l_client_connect}, {"endpoint_addr", l_client_endpoint_addr},
-        {"stats", l_client_stats},     {"close", l_obj_close},
-        {"closed", l_obj_closed},      {NULL, NULL},
+        {"add", l_client_add},
+        {"listen_addr", l_client_listen_addr},
+        {"connect", l_client_connect},
+        {"endpoint_addr", l_client_endpoint_addr},
+        {"stats", l_client_stats},
+        {"close", l_obj_close},
+        {"closed", l_obj_closed},
+        {"relay", l_obj_relay},
+        {"relay_stats", l_obj_relay_stats},
+        {"connect_key", l_client_connect_key},
+        {NULL, NULL},
     };
     const char *names[] = {SERVER_MT, CLIENT_MT};
     const luaL_Reg *methods[] = {server_methods, client_methods};

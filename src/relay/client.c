@@ -181,7 +181,7 @@ static void fail(struct tun_relay_client *c, const char *fmt, ...)
     drop_connection(c);
     c->st.failures++;
     c->failures_in_row = was_ready ? 0 : c->failures_in_row + 1;
-    tun_log_info(RELAY, "relay %s: %s", c->url, c->st.last_error);
+    tun_log_debug(RELAY, "relay %s: %s", c->url, c->st.last_error);
     set_state(c, TUN_RELAY_CLIENT_WAITING, c->st.last_error);
     if (!c->closing)
         schedule(c);
@@ -306,7 +306,7 @@ static void on_frame(struct tun_relay_client *c, const uint8_t *buf, size_t len)
         c->st.connects++;
         c->st.last_error[0] = '\0';
         c->last_ping = now_ms(c);
-        tun_log_info(RELAY, "relay %s: connected", c->url);
+        tun_log_debug(RELAY, "relay %s: connected", c->url);
         set_state(c, TUN_RELAY_CLIENT_READY, NULL);
         schedule(c);
         return;

@@ -19,6 +19,7 @@ function M.configure(c)
   c:option("-t --target", "Local address to listen on (host:port)."):argname("<host:port>")
   c:option("--auth-token", "Authentication token."):argname("<token>")
   c:option("--auth-token-file", "File holding the token."):argname("<file>")
+  common.relay_options(c)
   c:command_target("mode"):require_command(false)
   require("tunnel.cmd.manual").configure(c:command("manual", "Manual mode: ICE with the " ..
     "offer and answer copied by hand."), "client")
@@ -38,6 +39,9 @@ function M.settings(args)
     target = args.target,
     auth_token = args.auth_token,
     auth_token_file = args.auth_token_file,
+    relay_urls = args.relay_url and #args.relay_url > 0 and args.relay_url or nil,
+    relay_only = args.relay_only or nil,
+    socks5_proxy = args.socks5_proxy,
   })
   if not section then
     return nil, whole
@@ -74,9 +78,11 @@ function M.run(args)
   if #forwards == 0 then
     return fail("nothing to forward: give --source and --target (or forwards in the config)")
   end
-  if not s.server_addrs or #s.server_addrs == 0 then
-    return fail("no address for the server: give --server-addr HOST:PORT (discovery by " ..
-      "EndpointId alone arrives with relay support)")
+  local relays = common.texts(s.relay_urls)
+  local direct = not s.relay_only and s.server_addrs and s.server_addrs[1] or nil
+  if not direct and #relays == 0 then
+    return fail("no way to reach the server: give --relay-url URL (the relay the server uses) " ..
+      "or --server-addr HOST:PORT (a direct address)")
   end
   if not s.auth_token and not s.auth_token_file then
     return fail("no token: give --auth-token or --auth-token-file")
@@ -84,7 +90,9 @@ function M.run(args)
   local status
   local c, err = client.new({
     server_id = s.server_node_id,
-    server_addr = s.server_addrs[1],
+    server_addr = direct and (type(direct) == "table" and direct.text or direct) or nil,
+    relay_urls = relays,
+    socks5_proxy = type(s.socks5_proxy) == "table" and s.socks5_proxy.text or s.socks5_proxy,
     token = s.auth_token,
     token_file = s.auth_token_file,
     secret = s.secret,
@@ -94,8 +102,9 @@ function M.run(args)
     udp_idle_timeout = s.transport and s.transport.udp_idle_timeout,
     on_ready = function(cl)
       local st = cl:stats() or {}
-      log.info("connected to %s at %s (direct, rtt %.1f ms, %s; ready after %.0f ms)",
-        cl.server_id, st.remote or cl.server_addr, st.rtt_ms or 0, st.cipher or "?",
+      log.info("connected to %s at %s (%s, rtt %.1f ms, %s; ready after %.0f ms)",
+        cl.server_id, cl.via_relay and cl.server_addr or (st.remote or cl.server_addr),
+        cl.via_relay and "relayed" or "direct", st.rtt_ms or 0, st.cipher or "?",
         cl.connected_after or 0)
       for _, f in ipairs(cl:list()) do
         log.info("forwarding %s %s -> %s", f.proto, f.listen or "?", f.source)

@@ -49,6 +49,25 @@ function M.mode(args, role)
   return "iroh"
 end
 
+--- iroh-mode relay options (server and client).
+function M.relay_options(c)
+  c:option("--relay-url", "Relay server (http:// or https://; repeatable; the first is used " ..
+    "for now).")
+    :argname("<url>"):count("*"):target("relay_url")
+  c:flag("--relay-only", "Never use a direct address: everything goes through the relay.")
+  c:option("--socks5-proxy", "Reach relays through this proxy (socks5h://host:port).")
+    :argname("<url>")
+end
+
+--- Plain strings from a validated list of URLs (entries may be strings or {text=...}).
+function M.texts(list)
+  local out = {}
+  for _, v in ipairs(list or {}) do
+    out[#out + 1] = type(v) == "table" and (v.text or v[1]) or v
+  end
+  return out
+end
+
 --- Options every mode command has (called from a command's configure()).
 function M.config_options(c, role)
   c:option("-c --config", "TOML config file (see docs/config.md)."):argname("<file>")

@@ -23,6 +23,7 @@ function M.configure(c)
     "no limit)."):argname("<n>"):convert(tonumber)
   c:option("--secret-file", "Secret key file (tunnel generate-server-key)."):argname("<file>")
   c:option("--secret", "Secret key, base64 (prefer --secret-file)."):argname("<base64>")
+  common.relay_options(c)
   c:command_target("mode"):require_command(false)
   require("tunnel.cmd.manual").configure(c:command("manual", "Manual mode: ICE with the " ..
     "offer and answer copied by hand (one session)."), "server")
@@ -42,6 +43,9 @@ function M.settings(args)
     auth_tokens_file = args.auth_tokens_file,
     max_sessions = args.max_sessions,
     allowed_sources = { tcp = nonempty(args.allowed_tcp), udp = nonempty(args.allowed_udp) },
+    relay_urls = nonempty(args.relay_url),
+    relay_only = args.relay_only or nil,
+    socks5_proxy = args.socks5_proxy,
   })
 end
 
@@ -101,6 +105,8 @@ function M.run(args)
     max_sessions = s.max_sessions,
     transport = s.transport,
     udp_idle_timeout = s.transport and s.transport.udp_idle_timeout,
+    relay_urls = common.texts(s.relay_urls),
+    socks5_proxy = type(s.socks5_proxy) == "table" and s.socks5_proxy.text or s.socks5_proxy,
   })
   if not srv then
     return fail(serr)
@@ -112,6 +118,9 @@ function M.run(args)
   log.info("allowed: tcp %s; udp %s", #tcp > 0 and table.concat(tcp, ", ") or "none",
     #udp > 0 and table.concat(udp, ", ") or "none")
   io.stdout:write(string.format("EndpointId: %s\nListening: %s\n", srv.endpoint_id, addr))
+  if srv.relay_url then
+    io.stdout:write(string.format("Relay: %s\n", srv.relay_url))
+  end
   io.stdout:write(string.format("Connect with: tunnel client --server-node-id %s " ..
     "--server-addr <this-host>:%d --auth-token <token> --source tcp://HOST:PORT " ..
     "--target 127.0.0.1:PORT\n", srv.endpoint_id, port))

@@ -1,0 +1,124 @@
+-- Port forwarding through a relay on loopback: `tunnel relay`, a `tunnel server` that registers
+-- with it, and a `tunnel client` that has no address for the server at all, only its EndpointId
+-- and the relay URL. Deadlines only bound a test; no result depends on timing.
+local H = require "helper"
+
+local TOOL = "spec/tools/netcheck.py"
+local MiB = 1024 * 1024
+
+local T
+
+local function track(p, label)
+  return H.track(T.procs, p, label)
+end
+
+local function logs()
+  return H.logs(T.procs)
+end
+
+local function tool(args)
+  local cmd = { "python3", TOOL }
+  for _, a in ipairs(args) do
+    cmd[#cmd + 1] = tostring(a)
+  end
+  return track(H.spawn(cmd), "netcheck " .. args[1])
+end
+
+local function start_relay(port)
+  local p = track(H.start({ "relay", "--listen", "127.0.0.1:" .. (port or 0) }, { env = T.env }),
+    "tunnel relay")
+  assert(p:wait_output("relay listening on http://127%.0%.0%.1:%d+", 20, "stdout"),
+    "relay did not start" .. logs())
+  return p, p.stdout:match("(http://127%.0%.0%.1:%d+)")
+end
+
+describe("forwarding through a relay", function()
+  before_each(function()
+    T = { procs = {}, dir = H.tmpdir() }
+    T.env = { XDG_RUNTIME_DIR = T.dir, HOME = T.dir, TUNNEL_LOG = false }
+    T.key = T.dir .. "/server.key"
+    assert.equal(0, H.tunnel({ "generate-server-key", "--output", T.key }).code)
+    T.token = H.tunnel({ "generate-token" }).stdout:gsub("%s+$", "")
+  end)
+
+  after_each(function()
+    for _, p in ipairs(T.procs) do
+      if not p.done then
+        p:kill("sigkill")
+      end
+    end
+    H.wait_until(function()
+      for _, p in ipairs(T.procs) do
+        if not p.done then
+          return false
+        end
+      end
+      return true
+    end, 10)
+    H.cleanup()
+  end)
+
+  local function setup()
+    local echo = tool({ "tcp-echo", "--port", 0 })
+    H.wait_until(function()
+      return echo.stdout:match("PORT %d+\n") or echo.done
+    end, 20)
+    local eport = assert(tonumber(echo.stdout:match("PORT (%d+)\n")), "echo" .. logs())
+    local relay, url = start_relay()
+    local srv = track(H.start({ "server", "--listen", "127.0.0.1:0", "--secret-file", T.key,
+      "--auth-tokens", T.token, "--allowed-tcp", "127.0.0.0/8", "--relay-url", url },
+      { env = T.env }), "tunnel server")
+    assert(srv:wait_output("Relay: http", 20, "stdout"), "server" .. logs())
+    local id = srv.stdout:match("EndpointId: (%S+)")
+    local lport = H.free_port()
+    local cli = track(H.start({ "client", "--server-node-id", id, "--relay-url", url,
+      "--auth-token", T.token, "--source", "tcp://127.0.0.1:" .. eport, "--target",
+      "127.0.0.1:" .. lport }, { env = T.env }), "tunnel client")
+    assert(cli:wait_output("forwarding tcp ", 30), "client did not connect" .. logs())
+    return { echo = echo, relay = relay, url = url, srv = srv, cli = cli, lport = lport, id = id }
+  end
+
+  it("reaches the server by EndpointId alone and carries 20 MiB both ways intact", function()
+    local w = setup()
+    assert.matches("(relayed,", w.cli.stderr, 1, true)
+    assert.matches("at relay " .. w.url, w.cli.stderr, 1, true)
+    local n = 20 * MiB
+    local p = tool({ "tcp-bulk", "--port", w.lport, "--bytes", n, "--timeout", 200 })
+    p:wait(210)
+    local sent, recv, bytes = p.stdout:match("SENT (%x+) RECV (%x+) BYTES (%d+)")
+    assert.is_not_nil(sent, "no result from tcp-bulk:" .. logs())
+    assert.equal(n, tonumber(bytes), logs())
+    assert.equal(sent, recv, logs())
+  end)
+
+  it("keeps the session when the relay is killed and restarted on the same port", function()
+    local w = setup()
+    local port = w.url:match(":(%d+)$")
+    w.relay:kill("sigkill")
+    w.relay:wait(10)
+    assert(w.cli:wait_output("relay http[^\n]*retrying", 20), "no reconnect note" .. logs())
+    start_relay(port)
+    -- A new connection through the old QUIC session, once both sides are back on the relay.
+    local p
+    H.wait_until(function()
+      p = tool({ "tcp-halfclose", "--port", w.lport, "--send", "after the restart",
+        "--timeout", 20 })
+      p:wait(30)
+      return p.stdout:find("RECV after the restart", 1, true) ~= nil
+    end, 60)
+    assert.matches("RECV after the restart", p.stdout, 1, true)
+    assert.is_false(w.cli.done, logs())
+    -- The same session (no second "forwarding" line), over a new relay connection.
+    assert.equal(1, select(2, w.cli.stderr:gsub("forwarding tcp ", "")), logs())
+    assert.equal(2, select(2, w.cli.stderr:gsub("relay http[^\n]*: connected", "")), logs())
+    assert.equal(2, select(2, w.srv.stderr:gsub("relay http[^\n]*: connected", "")), logs())
+  end)
+
+  it("says what is missing when neither a relay nor an address is given", function()
+    local id = H.tunnel({ "show-server-id", "--secret-file", T.key }).stdout:gsub("%s+$", "")
+    local p = H.tunnel({ "client", "--server-node-id", id, "--auth-token",
+      T.token, "--source", "tcp://127.0.0.1:1", "--target", "127.0.0.1:1" }, { env = T.env })
+    assert.equal(1, p.code)
+    assert.matches("give --relay-url URL", p.stderr, 1, true)
+  end)
+end)
