@@ -1,6 +1,7 @@
 #!/bin/sh
-# `make demo`: a real tunnel on this machine. An echo service, a tunnel server and a tunnel
-# client run on loopback; data goes through the tunnel; then the commands for two machines.
+# `make demo`: a real tunnel on this machine. An echo service, a relay, a tunnel server and a
+# tunnel client run on loopback; the client knows the server only by its EndpointId and the
+# relay; data goes through the tunnel; then the commands for two machines.
 # Everything lives in a temporary directory and every process started here is stopped.
 set -eu
 TUNNEL=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
@@ -52,32 +53,41 @@ pids="$pids $!"
 wait_for echo.log "echo service"
 cat echo.log
 
-step "2. The server: an identity, a token, and what clients may reach"
+step "2. A relay: both sides connect out to it, so neither needs an open port"
+RELAY_PORT=$(free_port)
+show "tunnel relay --listen 127.0.0.1:$RELAY_PORT"
+"$TUNNEL" relay --listen "127.0.0.1:$RELAY_PORT" > relay.out 2> relay.log &
+pids="$pids $!"
+wait_for relay.out "relay listening"
+sed 's/^/  /' relay.out
+RELAY="http://127.0.0.1:$RELAY_PORT"
+
+step "3. The server: an identity, a token, what clients may reach, and the relay"
 show "tunnel generate-server-key --output server.key"
 "$TUNNEL" generate-server-key --output server.key
 TOKEN=$("$TUNNEL" generate-token)
 show "tunnel generate-token"
 echo "$TOKEN"
-SERVER_PORT=$(free_port)
-show "tunnel server --secret-file server.key --auth-tokens $TOKEN --allowed-tcp 127.0.0.0/8 --listen 127.0.0.1:$SERVER_PORT"
+show "tunnel server --secret-file server.key --auth-tokens $TOKEN --allowed-tcp 127.0.0.0/8 --listen 127.0.0.1:0 --relay-url $RELAY"
 "$TUNNEL" --name demo-server server --secret-file server.key --auth-tokens "$TOKEN" \
-    --allowed-tcp 127.0.0.0/8 --listen "127.0.0.1:$SERVER_PORT" > server.out 2> server.log &
+    --allowed-tcp 127.0.0.0/8 --listen 127.0.0.1:0 --relay-url "$RELAY" > server.out 2> server.log &
 pids="$pids $!"
-wait_for server.out "Listening"
+wait_for server.out "Relay:"
+wait_for server.log "connected"
 ID=$("$TUNNEL" show-server-id --secret-file server.key)
 sed 's/^/  /' server.out | head -2
 
-step "3. The client: a local port that leads to the service, through an encrypted QUIC tunnel"
+step "4. The client: only the server's EndpointId and the relay, no address"
 LOCAL_PORT=$(free_port)
-show "tunnel client --server-node-id $ID --server-addr 127.0.0.1:$SERVER_PORT --auth-token $TOKEN --source tcp://127.0.0.1:$ECHO_PORT --target 127.0.0.1:$LOCAL_PORT"
-"$TUNNEL" --name demo-client client --server-node-id "$ID" --server-addr "127.0.0.1:$SERVER_PORT" \
+show "tunnel client --server-node-id $ID --relay-url $RELAY --auth-token $TOKEN --source tcp://127.0.0.1:$ECHO_PORT --target 127.0.0.1:$LOCAL_PORT"
+"$TUNNEL" --name demo-client client --server-node-id "$ID" --relay-url "$RELAY" \
     --auth-token "$TOKEN" --source "tcp://127.0.0.1:$ECHO_PORT" \
     --target "127.0.0.1:$LOCAL_PORT" 2> client.log &
 pids="$pids $!"
 wait_for client.log "forwarding"
 sed 's/^/  /' client.log
 
-step "4. Data through the tunnel: 1 MiB to 127.0.0.1:$LOCAL_PORT and back"
+step "5. Data through the tunnel (relayed, end-to-end encrypted): 1 MiB to 127.0.0.1:$LOCAL_PORT and back"
 cat > send.lua <<'LUA'
 -- Send 1 MiB through the forwarded port, read the echo, compare.
 local uv = require "luv"
@@ -106,22 +116,27 @@ LUA
 show "tunnel send.lua $LOCAL_PORT"
 "$TUNNEL" send.lua "$LOCAL_PORT"
 
-step "5. Inside the running server, with tunnel attach"
+step "6. Inside the running server, with tunnel attach"
 show "echo 'return sessions()' | tunnel attach demo-server"
 echo 'local s = sessions()[1]; return { id = s.id, remote = s.remote, client = s.client_id, rtt_ms = s.quic.rtt_ms, up = s.up, down = s.down }' \
     | "$TUNNEL" attach demo-server
 
-step "6. On two real machines"
+step "7. On real machines"
 cat <<TXT
-On the machine with the service (server), with UDP port 4433 open to the client:
+On a machine both sides can reach (a small VPS; TLS and more in docs/relay.md):
+  tunnel relay --listen 0.0.0.0:3340
+On the machine with the service (server), no open port needed:
   tunnel generate-server-key --output ~/.config/tunnel/server.key
   tunnel generate-token > ~/.config/tunnel/tokens
   tunnel server --secret-file ~/.config/tunnel/server.key \\
-      --auth-tokens-file ~/.config/tunnel/tokens --allowed-tcp 127.0.0.1/32 --listen 0.0.0.0:4433
+      --auth-tokens-file ~/.config/tunnel/tokens --allowed-tcp 127.0.0.1/32 \\
+      --relay-url http://<relay-host>:3340
 On the other machine (client):
   tunnel client --server-node-id <EndpointId printed by the server> \\
-      --server-addr <server-host>:4433 --auth-token <token> \\
+      --relay-url http://<relay-host>:3340 --auth-token <token> \\
       --source tcp://127.0.0.1:22 --target 127.0.0.1:2222
   ssh -p 2222 localhost
-(Relays, discovery by EndpointId alone and NAT traversal arrive with iroh mode.)
+With a direct address instead of a relay: --server-addr <server-host>:4433 on the client and
+--listen 0.0.0.0:4433 on the server. Without any server in between: docs/manual.md.
+(Hole punching from the relay to a direct path and discovery come next: docs/iroh-design.md.)
 TXT
