@@ -21,6 +21,7 @@ local OPTIONS = {
   target = "string", transport = "table", udp_idle_timeout = "number", on_ready = "function",
   on_closed = "function", on_rejected = "function", on_auth_failed = "function",
   deferred = "boolean", relay_urls = "table", socks5_proxy = "string", relay_cafile = "string",
+  relay_only = "boolean", stun_servers = "table", on_path = "function",
 }
 
 local CODE_TEXT = {
@@ -182,6 +183,7 @@ function M.new(opts)
   local self = setmetatable({
     server_id = server_key and keys.format_endpoint_id(server_key), forwards = parsed,
     on_ready = opts.on_ready, on_closed = opts.on_closed, on_rejected = opts.on_rejected,
+    on_path = opts.on_path,
     on_auth_failed = opts.on_auth_failed, server_addr = sip and (sip .. ":" .. sport),
     started = uv.hrtime(),
   }, Client)
@@ -233,6 +235,11 @@ function Client:_event(ev)
         log.error("%s", err)
       end
     end
+    return
+  end
+  if ev.type == "path" then
+    self.direct = ev.direct
+    call(self.on_path, self, ev.direct, ev.rtt_ms)
     return
   end
   if ev.type == "ready" then

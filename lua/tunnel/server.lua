@@ -32,7 +32,8 @@ local OPTIONS = {
   on_auth = "function", on_request = "function", on_session = "function",
   on_session_closed = "function", on_connection_closed = "function", transport = "table",
   auth_timeout = "number", udp_idle_timeout = "number", name = "string",
-  relay_urls = "table", socks5_proxy = "string", relay_cafile = "string",
+  relay_urls = "table", socks5_proxy = "string", relay_cafile = "string", relay_only = "boolean",
+  stun_servers = "table",
 }
 
 --- Check an option table against `known` (name -> type); misuse raises at the caller's line.
@@ -281,8 +282,30 @@ function M.start_relay(core_obj, secret, opts)
   if type(url) ~= "string" then
     return nil, "relay_urls: expected a list of http:// or https:// URLs"
   end
+  -- STUN for hole punching: the given servers, else the relay's host on the STUN port (a
+  -- `tunnel relay --stun-listen` answers there; if nothing does, punching relies on the
+  -- addresses the peer sees in pings).
+  local stun = {}
+  local list = opts.stun_servers
+  if not list then
+    local u = addr.parse_url(url, { schemes = { "http", "https" } })
+    list = u and { (u.family == 6 and ("[" .. u.host .. "]") or u.host) .. ":3478" } or {}
+  end
+  for _, s in ipairs(list) do
+    local hp = addr.parse_hostport(s, { default_port = 3478 })
+    if hp then
+      local ip = hp.family and hp.host
+      if not ip then
+        local res = uv.getaddrinfo(hp.host, nil, { socktype = "dgram", family = "inet" })
+        ip = res and res[1] and res[1].addr
+      end
+      if ip and not ip:find(":", 1, true) then
+        stun[#stun + 1] = ip .. ":" .. hp.port
+      end
+    end
+  end
   local ok, err = core_obj:relay({ url = url, secret = secret, proxy = opts.socks5_proxy,
-    cafile = opts.relay_cafile })
+    cafile = opts.relay_cafile, stun = stun, relay_only = opts.relay_only })
   if not ok then
     return nil, err
   end
@@ -294,6 +317,9 @@ local function on_event(self, ev)
   if t == "relay" then
     M.log_relay(self.relay_url, ev, self.relay_state)
     self.relay_state = ev.state
+    return
+  elseif t == "path" then
+    self.direct = ev.direct
     return
   end
   if t == "auth" then

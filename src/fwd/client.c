@@ -478,6 +478,11 @@ struct tun_qep *tun_fwd_client_endpoint(struct tun_fwd_client *cl)
     return cl->ep;
 }
 
+struct tun_qconn *tun_fwd_client_conn(struct tun_fwd_client *cl)
+{
+    return cl->closed ? NULL : cl->qc;
+}
+
 static void fwd_failed_closed(uv_handle_t *h)
 {
     free(h->data);

@@ -51,6 +51,8 @@ int tun_fwd_client_connect_via(struct tun_fwd_client *c, const struct sockaddr *
                                const struct sockaddr *server, const uint8_t server_key[32]);
 /* The QUIC endpoint, for protocols that share its socket (ICE). */
 struct tun_qep *tun_fwd_client_endpoint(struct tun_fwd_client *c);
+/* The connection to the server (NULL before dialling and after it closed). */
+struct tun_qconn *tun_fwd_client_conn(struct tun_fwd_client *c);
 int tun_fwd_client_add(struct tun_fwd_client *c, const struct sockaddr *listen, const char *source);
 int tun_fwd_client_listen_addr(struct tun_fwd_client *c, int fwd, struct sockaddr_storage *ss);
 void tun_fwd_client_close(struct tun_fwd_client *c, void (*closed)(void *ud), void *ud);

@@ -10,6 +10,7 @@
 #include "fwd/client.h"
 #include "fwd/server.h"
 #include "host/host.h"
+#include "iroh/holepunch.h"
 #include "iroh/relaypath.h"
 #include "lua/l_shared.h"
 #include "lua/state.h"
@@ -18,6 +19,7 @@
 #include "util/sockaddr.h"
 
 #include <lauxlib.h>
+#include <sodium.h>
 #include <luv/luv.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,12 +40,15 @@ enum ev_type {
     EV_REJECTED,
     EV_CLOSED,
     EV_RELAY,
+    EV_PATH,
 };
 
 static const char *const ev_names[] = {
     "session", "auth",        "request",  "refused", "chan_closed", "session_closed",
-    "ready",   "auth_failed", "rejected", "closed",  "relay",
+    "ready",   "auth_failed", "rejected", "closed",  "relay",       "path",
 };
+/* One name per event type: a new type without its name fails to compile. */
+_Static_assert(sizeof(ev_names) / sizeof(ev_names[0]) == EV_PATH + 1, "ev_names");
 
 struct lev {
     struct lev *next;
@@ -56,6 +61,8 @@ struct lev {
     size_t textlen;
     struct tun_qclose_info why;
     struct tun_fwd_chan_info chan;
+    struct sockaddr_storage addr; /* EV_PATH: the direct path, family 0 for the relay */
+    uint64_t rtt_us;
 };
 
 struct lobj {
@@ -68,6 +75,9 @@ struct lobj {
     struct tun_fwd_server *srv;
     struct tun_fwd_client *cli;
     struct tun_relaypath *rp; /* QUIC through a relay, when relay() was called */
+    struct tun_holepunch *hp; /* and from there to direct paths */
+    uint8_t peer_key[32];     /* client: the server dialled through the relay */
+    int dialled_key;
     int closing, closed;
     struct lobj *next, *prev;
 };
@@ -189,6 +199,15 @@ static void push_event(lua_State *L, struct lev *e)
     case EV_CLOSED:
         push_why(L, &e->why);
         lua_setfield(L, -2, "why");
+        break;
+    case EV_PATH:
+        if (e->addr.ss_family)
+            push_addr(L, (struct sockaddr *)&e->addr);
+        else
+            lua_pushnil(L);
+        lua_setfield(L, -2, "direct");
+        lua_pushnumber(L, (lua_Number)e->rtt_us / 1000.0);
+        lua_setfield(L, -2, "rtt_ms");
         break;
     case EV_RELAY:
         lua_pushstring(L, e->code == TUN_RELAY_CLIENT_READY        ? "ready"
@@ -316,7 +335,11 @@ static void s_on_session_closed(struct tun_fwd_server *srv, uint64_t session,
 
 static void c_on_ready(struct tun_fwd_client *c, void *ud)
 {
-    (void)c;
+    struct lobj *o = ud;
+    /* Dialled through the relay: look for a direct path now (deferred callback: no ngtcp2
+     * call is on the stack). */
+    if (o->hp && o->dialled_key)
+        tun_holepunch_dial(o->hp, o->peer_key, tun_fwd_client_conn(c));
     ev_new(ud, EV_READY);
 }
 
@@ -381,6 +404,10 @@ static void obj_close(struct lobj *o)
     if (o->next)
         o->next->prev = o->prev;
     /* The relay path and ICE sessions on this endpoint's socket stop using it first. */
+    if (o->hp) {
+        tun_holepunch_free(o->hp);
+        o->hp = NULL;
+    }
     if (o->rp) {
         tun_relaypath_free(o->rp);
         o->rp = NULL;
@@ -478,6 +505,18 @@ static int opt_field(lua_State *L, int t, const char *k)
 {
     lua_getfield(L, t, k);
     return !lua_isnil(L, -1);
+}
+
+/* IPv4 or IPv6 text and a port; 0 or TUN_EINVAL (no Lua error). */
+static int parse_addr_quiet(const char *ip, int port, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof(*ss));
+    if (port < 1 || port > 65535)
+        return TUN_EINVAL;
+    if (uv_ip4_addr(ip, port, (struct sockaddr_in *)ss) == 0 ||
+        uv_ip6_addr(ip, port, (struct sockaddr_in6 *)ss) == 0)
+        return 0;
+    return TUN_EINVAL;
 }
 
 static int parse_addr(lua_State *L, const char *ip, int port, struct sockaddr_storage *ss)
@@ -822,6 +861,28 @@ static void rp_on_state(struct tun_relaypath *rp, int state, const char *why, vo
         ev_text(e, why, strlen(why));
 }
 
+static void rp_on_disco(struct tun_relaypath *rp, const uint8_t src[32], const uint8_t *data,
+                        size_t len, void *ud)
+{
+    (void)rp;
+    struct lobj *o = ud;
+    if (o->hp)
+        tun_holepunch_relay_input(o->hp, src, data, len);
+}
+
+static void hp_on_path(struct tun_holepunch *hp, const uint8_t peer[32],
+                       const struct sockaddr *direct, uint64_t rtt_us, void *ud)
+{
+    (void)hp;
+    (void)peer;
+    struct lev *e = ev_new(ud, EV_PATH);
+    if (!e)
+        return;
+    if (direct)
+        memcpy(&e->addr, direct, tun_sockaddr_len(direct));
+    e->rtt_us = rtt_us;
+}
+
 static struct lobj *check_any(lua_State *L)
 {
     struct lobj **p = luaL_testudata(L, 1, SERVER_MT);
@@ -859,15 +920,45 @@ static int l_obj_relay(lua_State *L)
     get_bytes32(L, 2, "secret", cfg.secret, 1);
     struct tun_qep *ep =
         o->is_server ? tun_fwd_server_endpoint(o->srv) : tun_fwd_client_endpoint(o->cli);
-    struct tun_relaypath_cbs cbs = {.on_state = rp_on_state};
+    struct tun_relaypath_cbs cbs = {.on_state = rp_on_state, .on_disco = rp_on_disco};
     int rc = tun_relaypath_new(luv_loop(L), ep, &cfg, &cbs, o, &o->rp);
-    memset(cfg.secret, 0, sizeof(cfg.secret));
     if (rc != 0) {
+        memset(cfg.secret, 0, sizeof(cfg.secret));
         lua_pushnil(L);
         lua_pushfstring(L, "cannot use relay %s: %s", cfg.url,
                         rc == TUN_EINVAL ? "not an http:// or https:// URL" : tun_strerror(rc));
         return 2;
     }
+    /* Hole punching, unless direct paths are off: STUN servers as "ip:port" strings. */
+    struct tun_holepunch_cfg hcfg;
+    memset(&hcfg, 0, sizeof(hcfg));
+    memcpy(hcfg.secret, cfg.secret, 32);
+    memset(cfg.secret, 0, sizeof(cfg.secret));
+    lua_getfield(L, 2, "relay_only");
+    hcfg.no_direct = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, 2, "stun");
+    if (lua_istable(L, -1)) {
+        for (int i = 1; hcfg.n_stun < TUN_HOLEPUNCH_MAX_STUN; i++) {
+            lua_rawgeti(L, -1, i);
+            const char *st = lua_tostring(L, -1);
+            lua_pop(L, 1);
+            if (!st)
+                break;
+            char ip[64];
+            int port;
+            if (sscanf(st, "%63[^:]:%d", ip, &port) == 2 &&
+                parse_addr_quiet(ip, port, &hcfg.stun[hcfg.n_stun]) == 0)
+                hcfg.n_stun++;
+        }
+    }
+    lua_pop(L, 1);
+    struct tun_holepunch_cbs hcbs = {.on_path = hp_on_path};
+    rc = tun_holepunch_new(luv_loop(L), ep, o->rp, &hcfg, &hcbs, o, &o->hp);
+    sodium_memzero(hcfg.secret, sizeof(hcfg.secret));
+    if (rc != 0)
+        tun_log_warn(DISCO, "hole punching unavailable: %s (staying on the relay)",
+                     tun_strerror(rc));
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -919,6 +1010,8 @@ static int l_client_connect_key(lua_State *L)
     if (!o->rp)
         return luaL_error(L, "connect_key() needs relay() first");
     struct sockaddr_storage local, remote;
+    memcpy(o->peer_key, key, 32);
+    o->dialled_key = 1;
     int rc = tun_relaypath_addr(o->rp, (const uint8_t *)key, &local, &remote);
     if (rc == 0)
         rc = tun_fwd_client_connect_via(o->cli, (struct sockaddr *)&local,

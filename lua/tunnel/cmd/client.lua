@@ -92,6 +92,7 @@ function M.run(args)
     server_id = s.server_node_id,
     server_addr = direct and (type(direct) == "table" and direct.text or direct) or nil,
     relay_urls = relays,
+    relay_only = s.relay_only or nil,
     socks5_proxy = type(s.socks5_proxy) == "table" and s.socks5_proxy.text or s.socks5_proxy,
     token = s.auth_token,
     token_file = s.auth_token_file,

@@ -1,0 +1,120 @@
+-- iroh mode through real NATs (root): the NAT lab of spec/lab.lua with `tunnel relay` (and its
+-- STUN responder) on the public segment, the server behind NAT 2 (namespace b), the client
+-- behind NAT 1 (namespace a). The client knows the server only by its EndpointId and the
+-- relay URL. Deadlines only bound a test; the times printed are measurements, not assertions.
+local H = require "helper"
+local Lab = require "lab"
+
+local MiB = 1024 * 1024
+local TOOL = "spec/tools/netcheck.py"
+
+local available, why = Lab.available({ "python3" })
+if not available then
+  describe("iroh mode in the NAT lab", function()
+    pending("skipped: " .. why)
+  end)
+  return
+end
+
+local SRV1 = Lab.SRV_IPS[1]
+local URL = "http://" .. SRV1 .. ":3340"
+
+local function start(lab, o)
+  local env = { TUNNEL_LOG = false, XDG_RUNTIME_DIR = lab:tmpdir() }
+  local dir = lab:tmpdir()
+  local relay = lab:spawn("srv", { H.BIN, "relay", "--listen", SRV1 .. ":3340", "--stun-listen",
+    SRV1 .. ":3478" }, { env = env })
+  assert(relay:wait_output("relay listening", 20, "stdout"), "relay" .. lab:logs())
+  local key = dir .. "/server.key"
+  assert(lab:exec("b", { H.BIN, "generate-server-key", "--output", key }))
+  local _, token = lab:exec("b", { H.BIN, "generate-token" })
+  token = token:gsub("%s+$", "")
+  local echo = lab:spawn("b", { "python3", TOOL, "tcp-echo", "--port", 0 })
+  assert(echo:wait_output("PORT %d+", 20, "stdout"), "echo" .. lab:logs())
+  local eport = echo.stdout:match("PORT (%d+)")
+  local extra = o.relay_only and { "--relay-only" } or {}
+  local sargs = { H.BIN, "server", "--listen", "0.0.0.0:0", "--secret-file", key,
+    "--auth-tokens", token, "--allowed-tcp", "127.0.0.0/8", "--relay-url", URL }
+  for _, a in ipairs(extra) do
+    sargs[#sargs + 1] = a
+  end
+  local srv = lab:spawn("b", sargs, { env = env })
+  assert(srv:wait_output("Relay: ", 20, "stdout"), "server" .. lab:logs())
+  local id = srv.stdout:match("EndpointId: (%S+)")
+  local cargs = { H.BIN, "client", "--server-node-id", id, "--relay-url", URL, "--auth-token",
+    token, "--source", "tcp://127.0.0.1:" .. eport, "--target", "127.0.0.1:7000" }
+  for _, a in ipairs(extra) do
+    cargs[#cargs + 1] = a
+  end
+  local cli = lab:spawn("a", cargs, { env = env })
+  local early
+  if o.early_bulk then
+    -- Connect as soon as the client listens (before the tunnel is up): the first bytes go
+    -- through the relay, the rest over whatever path the connection moves to.
+    early = lab:spawn("a", { "sh", "-c", string.format("for i in $(seq 200); do python3 %s " ..
+      "tcp-bulk --port 7000 --bytes %d --timeout 200 && exit 0; sleep 0.02; done; exit 1", TOOL,
+      o.early_bulk) })
+  end
+  assert(cli:wait_output("forwarding tcp ", 30), "client" .. lab:logs())
+  return { cli = cli, srv = srv, relay = relay, early = early }
+end
+
+local function bulk(lab, n)
+  local p = lab:spawn("a", { "python3", TOOL, "tcp-bulk", "--port", 7000, "--bytes", n,
+    "--timeout", 200 })
+  p:wait(210)
+  return p.stdout:match("SENT (%x+) RECV (%x+) BYTES (%d+)")
+end
+
+local function ms_between(log, a, b)
+  local function t(pat)
+    local h, m, s = log:match("T(%d+):(%d+):([%d.]+)Z [^\n]*" .. pat)
+    return h and ((tonumber(h) * 60 + tonumber(m)) * 60 + tonumber(s)) * 1000
+  end
+  local ta, tb = t(a), t(b)
+  return ta and tb and (tb - ta)
+end
+
+describe("iroh mode in the NAT lab", function()
+  local lab
+
+  after_each(function()
+    if lab then
+      lab:teardown()
+      lab = nil
+    end
+  end)
+
+  it("starts relayed and goes direct through two endpoint-independent NATs, mid-transfer",
+    function()
+      lab = Lab.new({ a = "cone", b = "cone" })
+      local w = start(lab, { early_bulk = 30 * MiB })
+      assert.matches("(relayed,", w.cli.stderr, 1, true)
+      -- 30 MiB, sent from the first moment, while the path changes under it.
+      w.early:wait(210)
+      local sent, recv, bytes = w.early.stdout:match("SENT (%x+) RECV (%x+) BYTES (%d+)")
+      assert.equal(30 * MiB, tonumber(bytes), lab:logs())
+      assert.equal(sent, recv, lab:logs())
+      assert(w.cli:wait_output("path: relay %-> direct 203%.0%.113%.2:%d+", 30),
+        "no direct path" .. lab:logs())
+      io.stderr:write(string.format("\n  [measure] connected -> direct: %s ms\n",
+        tostring(ms_between(w.cli.stderr, "forwarding tcp", "path: relay"))))
+    end)
+
+  it("stays on the relay between two symmetric NATs, and the transfer works", function()
+    lab = Lab.new({ a = "symmetric", b = "symmetric" })
+    local w = start(lab, {})
+    local sent, recv, bytes = bulk(lab, 10 * MiB)
+    assert.equal(10 * MiB, tonumber(bytes), lab:logs())
+    assert.equal(sent, recv, lab:logs())
+    assert.is_nil(w.cli.stderr:find("path: relay -> direct", 1, true), lab:logs())
+  end)
+
+  it("never leaves the relay with --relay-only", function()
+    lab = Lab.new({ a = "cone", b = "cone" })
+    local w = start(lab, { relay_only = true })
+    local sent, recv = bulk(lab, 5 * MiB)
+    assert.equal(sent, recv, lab:logs())
+    assert.is_nil(w.cli.stderr:find("path: relay -> direct", 1, true), lab:logs())
+  end)
+end)
