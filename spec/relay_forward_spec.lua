@@ -114,6 +114,31 @@ describe("forwarding through a relay", function()
     assert.equal(2, select(2, w.srv.stderr:gsub("relay http[^\n]*: connected", "")), logs())
   end)
 
+  it("finds the server's relay by EndpointId through the discovery record it published",
+    function()
+      local w = setup()
+      assert.matches("Discovery: " .. w.url .. "/pkarr", w.srv.stdout, 1, true)
+      local lport = H.free_port()
+      local echo_port = w.cli.stderr:match("%-> tcp://127%.0%.0%.1:(%d+)")
+      local c2 = track(H.start({ "client", "--server-node-id", w.id, "--dns-server",
+        w.url .. "/pkarr", "--auth-token", T.token, "--source", "tcp://127.0.0.1:" .. echo_port,
+        "--target", "127.0.0.1:" .. lport }, { env = T.env }), "client by discovery")
+      assert(c2:wait_output("forwarding tcp ", 30), "no connection via discovery" .. logs())
+      assert.matches("found " .. w.id .. ": relay " .. w.url, c2.stderr, 1, true)
+      local p = tool({ "tcp-halfclose", "--port", lport, "--send", "found by id" })
+      p:wait(30)
+      assert.matches("RECV found by id", p.stdout, 1, true)
+      -- An EndpointId that published nothing: a clear message, exit 1.
+      local other = T.dir .. "/other.key"
+      assert.equal(0, H.tunnel({ "generate-server-key", "--output", other }).code)
+      local oid = H.tunnel({ "show-server-id", "--secret-file", other }).stdout:gsub("%s+$", "")
+      local c3 = H.tunnel({ "client", "--server-node-id", oid, "--dns-server", w.url .. "/pkarr",
+        "--auth-token", T.token, "--source", "tcp://127.0.0.1:1", "--target",
+        "127.0.0.1:" .. H.free_port() }, { env = T.env, timeout = 30 })
+      assert.equal(1, c3.code, c3.stderr)
+      assert.matches("cannot find the server: ", c3.stderr, 1, true)
+    end)
+
   it("says what is missing when neither a relay nor an address is given", function()
     local id = H.tunnel({ "show-server-id", "--secret-file", T.key }).stdout:gsub("%s+$", "")
     local p = H.tunnel({ "client", "--server-node-id", id, "--auth-token",

@@ -33,7 +33,7 @@ local OPTIONS = {
   on_session_closed = "function", on_connection_closed = "function", transport = "table",
   auth_timeout = "number", udp_idle_timeout = "number", name = "string",
   relay_urls = "table", socks5_proxy = "string", relay_cafile = "string", relay_only = "boolean",
-  stun_servers = "table",
+  stun_servers = "table", dns_server = "string",
 }
 
 --- Check an option table against `known` (name -> type); misuse raises at the caller's line.
@@ -444,6 +444,24 @@ function M.new(opts)
       return nil, rerr
     end
     self.relay_url = url
+    -- Publish where clients look us up by EndpointId: dns_server, else the relay's /pkarr.
+    local dns = opts.dns_server
+    if dns == nil then
+      dns = url:gsub("/+$", "") .. "/pkarr"
+    end
+    if dns ~= "none" then
+      local ok, pub = pcall(require("tunnel.discovery").publisher, {
+        url = dns, secret = secret, relay_urls = { url }, proxy = opts.socks5_proxy,
+        cafile = opts.relay_cafile,
+      })
+      local perr = not ok and pub or nil
+      if ok then
+        self.publisher = pub
+        self.discovery_url = dns
+      else
+        log.warn("discovery not started: %s", tostring(perr))
+      end
+    end
   end
   local ip, port = srv:local_addr()
   self.address_text, self.port = ip, port
@@ -512,6 +530,9 @@ end
 
 --- Stop: closes every session (they see "shutdown") and the socket.
 function Server:close()
+  if self.publisher then
+    self.publisher:close()
+  end
   self.core:close()
 end
 

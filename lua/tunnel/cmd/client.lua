@@ -42,6 +42,7 @@ function M.settings(args)
     relay_urls = args.relay_url and #args.relay_url > 0 and args.relay_url or nil,
     relay_only = args.relay_only or nil,
     socks5_proxy = args.socks5_proxy,
+    dns_server = args.dns_server,
   })
   if not section then
     return nil, whole
@@ -80,65 +81,69 @@ function M.run(args)
   end
   local relays = common.texts(s.relay_urls)
   local direct = not s.relay_only and s.server_addrs and s.server_addrs[1] or nil
-  if not direct and #relays == 0 then
-    return fail("no way to reach the server: give --relay-url URL (the relay the server uses) " ..
-      "or --server-addr HOST:PORT (a direct address)")
+  local dns = s.dns_server and common.dns_url(s, relays)
+  if not direct and #relays == 0 and not dns then
+    return fail("no way to reach the server: give --relay-url URL (the relay the server " ..
+      "uses), --dns-server URL (where it publishes its address) or --server-addr HOST:PORT")
   end
   if not s.auth_token and not s.auth_token_file then
     return fail("no token: give --auth-token or --auth-token-file")
   end
-  local status
-  local c, err = client.new({
-    server_id = s.server_node_id,
-    server_addr = direct and (type(direct) == "table" and direct.text or direct) or nil,
-    relay_urls = relays,
-    relay_only = s.relay_only or nil,
-    socks5_proxy = type(s.socks5_proxy) == "table" and s.socks5_proxy.text or s.socks5_proxy,
-    token = s.auth_token,
-    token_file = s.auth_token_file,
-    secret = s.secret,
-    secret_file = s.secret_file,
-    forwards = forwards,
-    transport = s.transport,
-    udp_idle_timeout = s.transport and s.transport.udp_idle_timeout,
-    on_ready = function(cl)
-      local st = cl:stats() or {}
-      log.info("connected to %s at %s (%s, rtt %.1f ms, %s; ready after %.0f ms)",
-        cl.server_id, cl.via_relay and cl.server_addr or (st.remote or cl.server_addr),
-        cl.via_relay and "relayed" or "direct", st.rtt_ms or 0, st.cipher or "?",
-        cl.connected_after or 0)
-      for _, f in ipairs(cl:list()) do
-        log.info("forwarding %s %s -> %s", f.proto, f.listen or "?", f.source)
-      end
-    end,
-    on_auth_failed = function(_, reason)
-      status = "authentication failed: " .. tostring(reason) ..
-        " (check --auth-token; the server operator can list valid tokens)"
-    end,
-    on_closed = function(cl, why, info)
-      if not status and info and info.app and info.code == 1 and not info.local_close then
-        status = "authentication failed: the server did not accept the token (check " ..
-          "--auth-token)"
-      end
-      if not status then
-        if cl.ready then
-          status = "connection to the server ended: " .. why
-        else
-          status = "cannot connect to " .. cl.server_addr .. ": " .. why
+  local function start(relay_urls)
+    local status
+    local c, err = client.new({
+      server_id = s.server_node_id,
+      server_addr = direct and (type(direct) == "table" and direct.text or direct) or nil,
+      relay_urls = relay_urls,
+      relay_only = s.relay_only or nil,
+      socks5_proxy = type(s.socks5_proxy) == "table" and s.socks5_proxy.text or s.socks5_proxy,
+      token = s.auth_token,
+      token_file = s.auth_token_file,
+      secret = s.secret,
+      secret_file = s.secret_file,
+      forwards = forwards,
+      transport = s.transport,
+      udp_idle_timeout = s.transport and s.transport.udp_idle_timeout,
+      on_ready = function(cl)
+        local st = cl:stats() or {}
+        log.info("connected to %s at %s (%s, rtt %.1f ms, %s; ready after %.0f ms)",
+          cl.server_id, cl.via_relay and cl.server_addr or (st.remote or cl.server_addr),
+          cl.via_relay and "relayed" or "direct", st.rtt_ms or 0, st.cipher or "?",
+          cl.connected_after or 0)
+        for _, f in ipairs(cl:list()) do
+          log.info("forwarding %s %s -> %s", f.proto, f.listen or "?", f.source)
         end
-      end
-      io.stderr:write("tunnel: ", status, "\n")
-      host.stop(1)
-    end,
-  })
-  if not c then
-    return fail(err)
-  end
-  local ok, repl = pcall(require, "tunnel.repl")
-  if ok then
-    repl.add_stats("client", function()
-      return c:stats()
-    end)
+      end,
+      on_auth_failed = function(_, reason)
+        status = "authentication failed: " .. tostring(reason) ..
+          " (check --auth-token; the server operator can list valid tokens)"
+      end,
+      on_closed = function(cl, why, info)
+        if not status and info and info.app and info.code == 1 and not info.local_close then
+          status = "authentication failed: the server did not accept the token (check " ..
+            "--auth-token)"
+        end
+        if not status then
+          if cl.ready then
+            status = "connection to the server ended: " .. why
+          else
+            status = "cannot connect to " .. cl.server_addr .. ": " .. why
+          end
+        end
+        io.stderr:write("tunnel: ", status, "\n")
+        host.stop(1)
+      end,
+    })
+    if not c then
+      return nil, err
+    end
+    local ok, repl = pcall(require, "tunnel.repl")
+    if ok then
+      repl.add_stats("client", function()
+        return c:stats()
+      end)
+    end
+    return c
   end
   local ctl_ok, ctl = pcall(require, "tunnel.ctl")
   if ctl_ok then
@@ -147,6 +152,34 @@ function M.run(args)
       log.warn("control socket not started: %s", tostring(cerr))
     end
   end
+  if direct or #relays > 0 then
+    local c, err = start(relays)
+    if not c then
+      return fail(err)
+    end
+    return nil
+  end
+  -- Only the EndpointId: look up the server's relay in its discovery record first.
+  log.info("looking up %s at %s", s.server_node_id, dns)
+  require("tunnel.discovery").resolve(dns, s.server_node_id, function(rec, err)
+    if not rec then
+      io.stderr:write("tunnel: cannot find the server: ", tostring(err), "\n")
+      host.stop(1)
+      return
+    end
+    if not rec.relays or #rec.relays == 0 then
+      io.stderr:write("tunnel: the server's discovery record names no relay (it has no " ..
+        "--relay-url?)\n")
+      host.stop(1)
+      return
+    end
+    log.info("found %s: relay %s", s.server_node_id, rec.relays[1])
+    local c, cerr = start(rec.relays)
+    if not c then
+      io.stderr:write("tunnel: ", cerr, "\n")
+      host.stop(1)
+    end
+  end)
   return nil
 end
 

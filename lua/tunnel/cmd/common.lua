@@ -57,6 +57,28 @@ function M.relay_options(c)
   c:flag("--relay-only", "Never use a direct address: everything goes through the relay.")
   c:option("--socks5-proxy", "Reach relays through this proxy (socks5h://host:port).")
     :argname("<url>")
+  c:option("--dns-server", "Discovery server (http(s)://host/pkarr), or none (default: the " ..
+    "relay's /pkarr).")
+    :argname("<url|none>")
+end
+
+--- The discovery URL: an explicit --dns-server / dns_server (nil for "none"), else the first
+-- relay's /pkarr. Returns the URL or nil.
+function M.dns_url(section, relays)
+  local d = section.dns_server
+  if type(d) == "table" then
+    d = d.text or d[1]
+  end
+  if d == "none" or d == false then
+    return nil
+  end
+  if type(d) == "string" then
+    return d
+  end
+  if relays and relays[1] then
+    return (relays[1]:gsub("/+$", "")) .. "/pkarr"
+  end
+  return nil
 end
 
 --- Plain strings from a validated list of URLs (entries may be strings or {text=...}).

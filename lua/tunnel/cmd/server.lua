@@ -46,6 +46,7 @@ function M.settings(args)
     relay_urls = nonempty(args.relay_url),
     relay_only = args.relay_only or nil,
     socks5_proxy = args.socks5_proxy,
+    dns_server = args.dns_server,
   })
 end
 
@@ -108,6 +109,7 @@ function M.run(args)
     relay_urls = common.texts(s.relay_urls),
     relay_only = s.relay_only or nil,
     socks5_proxy = type(s.socks5_proxy) == "table" and s.socks5_proxy.text or s.socks5_proxy,
+    dns_server = common.dns_url(s, common.texts(s.relay_urls)) or "none",
   })
   if not srv then
     return fail(serr)
@@ -121,10 +123,18 @@ function M.run(args)
   io.stdout:write(string.format("EndpointId: %s\nListening: %s\n", srv.endpoint_id, addr))
   if srv.relay_url then
     io.stdout:write(string.format("Relay: %s\n", srv.relay_url))
+    if srv.discovery_url then
+      io.stdout:write(string.format("Discovery: %s\n", srv.discovery_url))
+    end
+    io.stdout:write(string.format("Connect with: tunnel client --server-node-id %s " ..
+      "%s --auth-token <token> --source tcp://HOST:PORT --target 127.0.0.1:PORT\n",
+      srv.endpoint_id, srv.discovery_url and ("--dns-server " .. srv.discovery_url)
+        or ("--relay-url " .. srv.relay_url)))
+  else
+    io.stdout:write(string.format("Connect with: tunnel client --server-node-id %s " ..
+      "--server-addr <this-host>:%d --auth-token <token> --source tcp://HOST:PORT " ..
+      "--target 127.0.0.1:PORT\n", srv.endpoint_id, port))
   end
-  io.stdout:write(string.format("Connect with: tunnel client --server-node-id %s " ..
-    "--server-addr <this-host>:%d --auth-token <token> --source tcp://HOST:PORT " ..
-    "--target 127.0.0.1:PORT\n", srv.endpoint_id, port))
   io.stdout:flush()
   register_repl(srv)
   local ctl_ok, ctl = pcall(require, "tunnel.ctl")
