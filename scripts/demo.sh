@@ -74,20 +74,24 @@ show "tunnel server --secret-file server.key --auth-tokens $TOKEN --allowed-tcp 
 pids="$pids $!"
 wait_for server.out "Relay:"
 wait_for server.log "connected"
+wait_for server.log "published"
 ID=$("$TUNNEL" show-server-id --secret-file server.key)
 sed 's/^/  /' server.out | head -2
 
-step "4. The client: only the server's EndpointId and the relay, no address"
+step "4. The client: only the server's EndpointId (it finds the relay in the server's signed record)"
 LOCAL_PORT=$(free_port)
-show "tunnel client --server-node-id $ID --relay-url $RELAY --auth-token $TOKEN --source tcp://127.0.0.1:$ECHO_PORT --target 127.0.0.1:$LOCAL_PORT"
-"$TUNNEL" --name demo-client client --server-node-id "$ID" --relay-url "$RELAY" \
+show "tunnel client --server-node-id $ID --dns-server $RELAY/pkarr --auth-token $TOKEN --source tcp://127.0.0.1:$ECHO_PORT --target 127.0.0.1:$LOCAL_PORT"
+"$TUNNEL" --name demo-client client --server-node-id "$ID" --dns-server "$RELAY/pkarr" \
     --auth-token "$TOKEN" --source "tcp://127.0.0.1:$ECHO_PORT" \
     --target "127.0.0.1:$LOCAL_PORT" 2> client.log &
 pids="$pids $!"
 wait_for client.log "forwarding"
+wait_for client.log "path: relay -> direct"
 sed 's/^/  /' client.log
+echo "  (The first bytes went through the relay; hole punching then found a direct path and the"
+echo "   QUIC connection migrated to it. Through NATs that allow no direct path it stays relayed.)"
 
-step "5. Data through the tunnel (relayed, end-to-end encrypted): 1 MiB to 127.0.0.1:$LOCAL_PORT and back"
+step "5. Data through the tunnel (end-to-end encrypted): 1 MiB to 127.0.0.1:$LOCAL_PORT and back"
 cat > send.lua <<'LUA'
 -- Send 1 MiB through the forwarded port, read the echo, compare.
 local uv = require "luv"
@@ -131,12 +135,12 @@ On the machine with the service (server), no open port needed:
   tunnel server --secret-file ~/.config/tunnel/server.key \\
       --auth-tokens-file ~/.config/tunnel/tokens --allowed-tcp 127.0.0.1/32 \\
       --relay-url http://<relay-host>:3340
-On the other machine (client):
+On the other machine (client), which needs only the EndpointId and the discovery server:
   tunnel client --server-node-id <EndpointId printed by the server> \\
-      --relay-url http://<relay-host>:3340 --auth-token <token> \\
+      --dns-server http://<relay-host>:3340/pkarr --auth-token <token> \\
       --source tcp://127.0.0.1:22 --target 127.0.0.1:2222
   ssh -p 2222 localhost
 With a direct address instead of a relay: --server-addr <server-host>:4433 on the client and
 --listen 0.0.0.0:4433 on the server. Without any server in between: docs/manual.md.
-(Hole punching from the relay to a direct path and discovery come next: docs/iroh-design.md.)
+How it works and what is next: docs/iroh-design.md.
 TXT

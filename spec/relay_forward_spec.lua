@@ -118,6 +118,7 @@ describe("forwarding through a relay", function()
     function()
       local w = setup()
       assert.matches("Discovery: " .. w.url .. "/pkarr", w.srv.stdout, 1, true)
+      assert(w.srv:wait_output("published ", 20), "the server did not publish" .. logs())
       local lport = H.free_port()
       local echo_port = w.cli.stderr:match("%-> tcp://127%.0%.0%.1:(%d+)")
       local c2 = track(H.start({ "client", "--server-node-id", w.id, "--dns-server",
