@@ -37,6 +37,8 @@ struct tun_wstream {
     size_t queued;      /* bytes in uv_write requests not yet completed */
     uv_timer_t *linger; /* after close: gives up on a peer that does not take queued bytes */
     int handshaken, reading, ended, closing, want_drain;
+    int pumping, repump; /* pump() is running / must run once more */
+    int eof;             /* the peer closed its side (TCP EOF) */
     char peer[64];
 };
 
@@ -99,6 +101,7 @@ static void end(struct tun_wstream *s, int err)
 
 static void offer(struct tun_wstream *s);
 static void update_reading(struct tun_wstream *s);
+static void pump(struct tun_wstream *s);
 
 /* ---- socket writes ------------------------------------------------------------------------- */
 
@@ -119,10 +122,8 @@ static void write_cb(uv_write_t *req, int status)
         if (s->cbs.on_drain)
             s->cbs.on_drain(s, s->ud);
         /* Input held back while writes were refused: offer it again. */
-        if (!s->closing) {
-            offer(s);
-            update_reading(s);
-        }
+        if (!s->closing)
+            pump(s);
     }
 }
 
@@ -255,6 +256,47 @@ static int tls_progress(struct tun_wstream *s)
     return 0;
 }
 
+/*
+ * Decrypt what is pending, offer the plaintext, and settle: the end of the stream, or reading
+ * on or off. Runs again when the caller consumed bytes while ciphertext was waiting for room
+ * (which no new socket data might ever trigger), without recursing into on_data.
+ */
+static void pump(struct tun_wstream *s)
+{
+    if (s->pumping) {
+        s->repump = 1;
+        return;
+    }
+    s->pumping = 1;
+    int done;
+    do {
+        s->repump = 0;
+        done = s->eof;
+        if (s->tls) {
+            int rc = tls_progress(s);
+            if (rc < 0) {
+                s->pumping = 0;
+                s->ended = 0;
+                end(s, rc);
+                return;
+            }
+            done = rc == 1 || (s->eof && buf_avail(&s->cin) == 0);
+        }
+        offer(s);
+        if (s->closing) {
+            s->pumping = 0;
+            return;
+        }
+    } while (s->repump && !done);
+    s->pumping = 0;
+    if (done) {
+        s->ended = 0;
+        end(s, 0);
+        return;
+    }
+    update_reading(s);
+}
+
 static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 {
     (void)b;
@@ -279,27 +321,10 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
     if (eof) {
         uv_read_stop(st);
         s->reading = 0;
+        s->eof = 1;
         s->ended = 1; /* GnuTLS sees end of file after the buffered bytes */
     }
-    int done = eof;
-    if (s->tls) {
-        int rc = tls_progress(s);
-        if (rc < 0) {
-            s->ended = 0;
-            end(s, rc);
-            return;
-        }
-        done = rc == 1 || (eof && buf_avail(&s->cin) == 0);
-    }
-    offer(s);
-    if (s->closing)
-        return;
-    if (done) {
-        s->ended = 0;
-        end(s, 0);
-        return;
-    }
-    update_reading(s);
+    pump(s);
 }
 
 static void update_reading(struct tun_wstream *s)
@@ -418,7 +443,12 @@ void tun_wstream_consume(struct tun_wstream *s, size_t n)
 {
     size_t avail = buf_avail(&s->in);
     s->in.off += n < avail ? n : avail;
-    if (!s->closing)
+    if (s->closing)
+        return;
+    /* Room again for ciphertext that is already here: decrypt it now. */
+    if (s->tls && n && buf_avail(&s->cin))
+        pump(s);
+    else
         update_reading(s);
 }
 
