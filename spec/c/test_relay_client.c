@@ -7,6 +7,7 @@
 #include "relay/frame.h"
 #include "relay/server.h"
 #include "test.h"
+#include "test_cert.h"
 #include "util/error.h"
 
 #include <gnutls/x509.h>
@@ -165,45 +166,7 @@ static void finish(struct peer *p, size_t n, struct tun_relay_server *s)
     uv_run(&loop, UV_RUN_DEFAULT);
 }
 
-static char dir[] = "/tmp/tun-relayc-XXXXXX";
-static char cert_path[128], key_path[128];
-
-static void make_cert(void)
-{
-    gnutls_x509_privkey_t key;
-    gnutls_x509_crt_t crt;
-    CHECK(mkdtemp(dir) != NULL);
-    gnutls_x509_privkey_init(&key);
-    gnutls_x509_privkey_generate(key, GNUTLS_PK_ECDSA,
-                                 GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1), 0);
-    gnutls_x509_crt_init(&crt);
-    gnutls_x509_crt_set_version(crt, 3);
-    unsigned char serial[8] = {8, 7, 6, 5, 4, 3, 2, 1};
-    gnutls_x509_crt_set_serial(crt, serial, sizeof(serial));
-    time_t now = time(NULL);
-    gnutls_x509_crt_set_activation_time(crt, now - 3600);
-    gnutls_x509_crt_set_expiration_time(crt, now + 3600);
-    gnutls_x509_crt_set_dn(crt, "CN=127.0.0.1", NULL);
-    gnutls_x509_crt_set_subject_alt_name(crt, GNUTLS_SAN_IPADDRESS, "\x7f\x00\x00\x01", 4,
-                                         GNUTLS_FSAN_SET);
-    gnutls_x509_crt_set_key(crt, key);
-    CHECK_INT_EQ(gnutls_x509_crt_sign2(crt, crt, key, GNUTLS_DIG_SHA256, 0), 0);
-    gnutls_datum_t pem;
-    snprintf(cert_path, sizeof(cert_path), "%s/cert.pem", dir);
-    snprintf(key_path, sizeof(key_path), "%s/key.pem", dir);
-    gnutls_x509_crt_export2(crt, GNUTLS_X509_FMT_PEM, &pem);
-    FILE *f = fopen(cert_path, "wb");
-    fwrite(pem.data, 1, pem.size, f);
-    fclose(f);
-    gnutls_free(pem.data);
-    gnutls_x509_privkey_export2(key, GNUTLS_X509_FMT_PEM, &pem);
-    f = fopen(key_path, "wb");
-    fwrite(pem.data, 1, pem.size, f);
-    fclose(f);
-    gnutls_free(pem.data);
-    gnutls_x509_crt_deinit(crt);
-    gnutls_x509_privkey_deinit(key);
-}
+static struct test_cert tc;
 
 /* A sends 200 datagrams of 1..1400 bytes to B; B must get them all, from A, intact. */
 static void exchange(struct peer *p)
@@ -280,15 +243,15 @@ int main(void)
     finish(p, 3, s);
 
     /* TLS with a private CA: trusted → ready; untrusted → a clear certificate failure. */
-    make_cert();
+    test_cert_make(&tc);
     gnutls_certificate_credentials_t cred;
     gnutls_certificate_allocate_credentials(&cred);
-    CHECK_INT_EQ(
-        gnutls_certificate_set_x509_key_file(cred, cert_path, key_path, GNUTLS_X509_FMT_PEM), 0);
+    CHECK_INT_EQ(gnutls_certificate_set_x509_key_file(cred, tc.cert, tc.key, GNUTLS_X509_FMT_PEM),
+                 0);
     s = server_start(0, cred, NULL, 0);
     snprintf(url, sizeof(url), "https://127.0.0.1:%d", server_port(s));
-    peer_start(&p[0], url, NULL, cert_path);
-    peer_start(&p[1], url, NULL, cert_path);
+    peer_start(&p[0], url, NULL, tc.cert);
+    peer_start(&p[1], url, NULL, tc.cert);
     CHECK(run_until(both_ready, p, 5000));
     exchange(p);
     peer_start(&p[2], url, NULL, NULL);
@@ -304,9 +267,7 @@ int main(void)
     cfg.url = "http:///relay";
     CHECK_INT_EQ(tun_relay_client_new(&loop, &cfg, &cbs, NULL, &bad), TUN_EINVAL);
 
-    unlink(cert_path);
-    unlink(key_path);
-    rmdir(dir);
+    test_cert_remove(&tc);
     run_until(always, NULL, 0);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_INT_EQ(uv_loop_close(&loop), 0);

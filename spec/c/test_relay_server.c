@@ -6,6 +6,7 @@
  * pkarr store, malformed HTTP and WebSocket input, the auth timeout and the dead-client close.
  */
 #include "test.h"
+#include "test_cert.h"
 #include "discovery/pkarr.h"
 #include "relay/frame.h"
 #include "relay/server.h"
@@ -25,45 +26,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-static char dir[] = "/tmp/tun-relay-srv-XXXXXX";
-static char cert_path[128], key_path[128];
-
-/* A self-signed ECDSA certificate for "localhost", written as PEM files. */
-static void make_cert(void)
-{
-    gnutls_x509_privkey_t key;
-    gnutls_x509_crt_t crt;
-    CHECK(mkdtemp(dir) != NULL);
-    CHECK_INT_EQ(gnutls_x509_privkey_init(&key), 0);
-    CHECK_INT_EQ(gnutls_x509_privkey_generate(key, GNUTLS_PK_ECDSA,
-                                              GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1), 0),
-                 0);
-    CHECK_INT_EQ(gnutls_x509_crt_init(&crt), 0);
-    gnutls_x509_crt_set_version(crt, 3);
-    unsigned char serial[8] = {1, 2, 3, 4, 5, 6, 7, 8};
-    gnutls_x509_crt_set_serial(crt, serial, sizeof(serial));
-    time_t now = time(NULL);
-    gnutls_x509_crt_set_activation_time(crt, now - 3600);
-    gnutls_x509_crt_set_expiration_time(crt, now + 3600);
-    CHECK_INT_EQ(gnutls_x509_crt_set_dn(crt, "CN=localhost", NULL), 0);
-    CHECK_INT_EQ(gnutls_x509_crt_set_key(crt, key), 0);
-    CHECK_INT_EQ(gnutls_x509_crt_sign2(crt, crt, key, GNUTLS_DIG_SHA256, 0), 0);
-    gnutls_datum_t pem;
-    snprintf(cert_path, sizeof(cert_path), "%s/cert.pem", dir);
-    snprintf(key_path, sizeof(key_path), "%s/key.pem", dir);
-    CHECK_INT_EQ(gnutls_x509_crt_export2(crt, GNUTLS_X509_FMT_PEM, &pem), 0);
-    FILE *f = fopen(cert_path, "wb");
-    fwrite(pem.data, 1, pem.size, f);
-    fclose(f);
-    gnutls_free(pem.data);
-    CHECK_INT_EQ(gnutls_x509_privkey_export2(key, GNUTLS_X509_FMT_PEM, &pem), 0);
-    f = fopen(key_path, "wb");
-    fwrite(pem.data, 1, pem.size, f);
-    fclose(f);
-    gnutls_free(pem.data);
-    gnutls_x509_crt_deinit(crt);
-    gnutls_x509_privkey_deinit(key);
-}
+static struct test_cert tc;
 
 /* ---- servers ----------------------------------------------------------------------------------
  */
@@ -123,7 +86,7 @@ static struct wc *wc_open(int port, int tls, int rcvbuf)
     CHECK(c->fd >= 0);
     if (tls) {
         gnutls_certificate_allocate_credentials(&c->cc);
-        gnutls_certificate_set_x509_trust_file(c->cc, cert_path, GNUTLS_X509_FMT_PEM);
+        gnutls_certificate_set_x509_trust_file(c->cc, tc.cert, GNUTLS_X509_FMT_PEM);
         gnutls_init(&c->t, GNUTLS_CLIENT);
         gnutls_set_default_priority(c->t);
         gnutls_credentials_set(c->t, GNUTLS_CRD_CERTIFICATE, c->cc);
@@ -816,10 +779,10 @@ static void *test_thread(void *arg)
 int main(void)
 {
     CHECK(sodium_init() >= 0);
-    make_cert();
+    test_cert_make(&tc);
     gnutls_certificate_credentials_t cred = NULL;
     char err[256];
-    CHECK_INT_EQ(tun_wstream_load_cert(cert_path, key_path, &cred, err, sizeof(err)), 0);
+    CHECK_INT_EQ(tun_wstream_load_cert(tc.cert, tc.key, &cred, err, sizeof(err)), 0);
 
     uv_loop_t loop;
     uv_loop_init(&loop);
@@ -878,8 +841,6 @@ int main(void)
     CHECK_INT_EQ(closed_count, S_COUNT);
     CHECK_INT_EQ(uv_loop_close(&loop), 0);
     gnutls_certificate_free_credentials(cred);
-    unlink(cert_path);
-    unlink(key_path);
-    rmdir(dir);
+    test_cert_remove(&tc);
     return TEST_DONE();
 }

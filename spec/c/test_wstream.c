@@ -5,6 +5,7 @@
  * close_notify, a bad handshake ending the stream, and certificate loading errors.
  */
 #include "test.h"
+#include "test_cert.h"
 #include "util/error.h"
 #include "web/stream.h"
 
@@ -18,45 +19,7 @@
 
 #define MiB (1024 * 1024)
 
-static char dir[] = "/tmp/tun-wstream-XXXXXX";
-static char cert_path[128], key_path[128];
-
-/* A self-signed ECDSA certificate for "localhost", written as PEM files. */
-static void make_cert(void)
-{
-    gnutls_x509_privkey_t key;
-    gnutls_x509_crt_t crt;
-    CHECK(mkdtemp(dir) != NULL);
-    CHECK_INT_EQ(gnutls_x509_privkey_init(&key), 0);
-    CHECK_INT_EQ(gnutls_x509_privkey_generate(key, GNUTLS_PK_ECDSA,
-                                              GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1), 0),
-                 0);
-    CHECK_INT_EQ(gnutls_x509_crt_init(&crt), 0);
-    gnutls_x509_crt_set_version(crt, 3);
-    unsigned char serial[8] = {1, 2, 3, 4, 5, 6, 7, 8};
-    gnutls_x509_crt_set_serial(crt, serial, sizeof(serial));
-    time_t now = time(NULL);
-    gnutls_x509_crt_set_activation_time(crt, now - 3600);
-    gnutls_x509_crt_set_expiration_time(crt, now + 3600);
-    CHECK_INT_EQ(gnutls_x509_crt_set_dn(crt, "CN=localhost", NULL), 0);
-    CHECK_INT_EQ(gnutls_x509_crt_set_key(crt, key), 0);
-    CHECK_INT_EQ(gnutls_x509_crt_sign2(crt, crt, key, GNUTLS_DIG_SHA256, 0), 0);
-    gnutls_datum_t pem;
-    snprintf(cert_path, sizeof(cert_path), "%s/cert.pem", dir);
-    snprintf(key_path, sizeof(key_path), "%s/key.pem", dir);
-    CHECK_INT_EQ(gnutls_x509_crt_export2(crt, GNUTLS_X509_FMT_PEM, &pem), 0);
-    FILE *f = fopen(cert_path, "wb");
-    fwrite(pem.data, 1, pem.size, f);
-    fclose(f);
-    gnutls_free(pem.data);
-    CHECK_INT_EQ(gnutls_x509_privkey_export2(key, GNUTLS_X509_FMT_PEM, &pem), 0);
-    f = fopen(key_path, "wb");
-    fwrite(pem.data, 1, pem.size, f);
-    fclose(f);
-    gnutls_free(pem.data);
-    gnutls_x509_crt_deinit(crt);
-    gnutls_x509_privkey_deinit(key);
-}
+static struct test_cert tc;
 
 /* ---- the server side: echo every byte back, honouring backpressure ----------------------- */
 
@@ -198,7 +161,7 @@ static void *client_thread(void *arg)
     gnutls_certificate_credentials_t cc = NULL;
     if (c->tls) {
         gnutls_certificate_allocate_credentials(&cc);
-        gnutls_certificate_set_x509_trust_file(cc, cert_path, GNUTLS_X509_FMT_PEM);
+        gnutls_certificate_set_x509_trust_file(cc, tc.cert, GNUTLS_X509_FMT_PEM);
         gnutls_init(&t, GNUTLS_CLIENT);
         gnutls_set_default_priority(t);
         gnutls_credentials_set(t, GNUTLS_CRD_CERTIFICATE, cc);
@@ -333,10 +296,10 @@ int main(void)
 {
     struct srv v;
     struct cli c;
-    make_cert();
+    test_cert_make(&tc);
     gnutls_certificate_credentials_t cred = NULL;
     char err[512];
-    CHECK_INT_EQ(tun_wstream_load_cert(cert_path, key_path, &cred, err, sizeof(err)), 0);
+    CHECK_INT_EQ(tun_wstream_load_cert(tc.cert, tc.key, &cred, err, sizeof(err)), 0);
 
     /* Plain: 4 MiB echoed in step. */
     run_case(NULL, 0, 0, 4 * MiB, &v, &c);
@@ -406,15 +369,13 @@ int main(void)
 
     /* Certificate loading: a missing file and a key that is not a key say what failed. */
     gnutls_certificate_credentials_t bad;
-    CHECK_INT_EQ(tun_wstream_load_cert("/nonexistent/cert.pem", key_path, &bad, err, sizeof(err)),
+    CHECK_INT_EQ(tun_wstream_load_cert("/nonexistent/cert.pem", tc.key, &bad, err, sizeof(err)),
                  TUN_EINVAL);
     CHECK(strstr(err, "/nonexistent/cert.pem") != NULL);
-    CHECK_INT_EQ(tun_wstream_load_cert(cert_path, cert_path, &bad, err, sizeof(err)), TUN_EINVAL);
+    CHECK_INT_EQ(tun_wstream_load_cert(tc.cert, tc.cert, &bad, err, sizeof(err)), TUN_EINVAL);
     CHECK(strstr(err, "PEM") != NULL);
 
     gnutls_certificate_free_credentials(cred);
-    unlink(cert_path);
-    unlink(key_path);
-    rmdir(dir);
+    test_cert_remove(&tc);
     return TEST_DONE();
 }
