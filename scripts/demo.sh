@@ -122,7 +122,7 @@ show "tunnel send.lua $LOCAL_PORT"
 
 step "6. Inside the running server, with tunnel attach"
 show "echo 'return sessions()' | tunnel attach demo-server"
-echo 'local s = sessions()[1]; return { id = s.id, remote = s.remote, client = s.client_id, rtt_ms = s.quic.rtt_ms, up = s.up, down = s.down }' \
+echo 'local s = sessions()[1]; return { id = s.id, path = s.path, client = s.client_id, rtt_ms = s.quic.rtt_ms, up = s.up, down = s.down }' \
     | "$TUNNEL" attach demo-server
 
 step "7. On real machines"

@@ -480,6 +480,12 @@ function Server:sessions()
   for _, s in ipairs(list) do
     s.client_id = s.peer_key and endpoint_text(s.peer_key) or nil
     s.peer_key = nil
+    -- 100.127.0.0/16 are the relay's synthetic paths (src/iroh/relaypath.h).
+    if type(s.remote) == "string" and s.remote:match("^100%.127%.") then
+      s.path = "relay " .. tostring(self.relay_url)
+    else
+      s.path = "direct " .. tostring(s.remote)
+    end
   end
   table.sort(list, function(a, b)
     return a.id < b.id
