@@ -140,6 +140,39 @@ describe("forwarding through a relay", function()
       assert.matches("cannot find the server: ", c3.stderr, 1, true)
     end)
 
+  it("fails over to the second relay when the first one dies", function()
+    local echo = tool({ "tcp-echo", "--port", 0 })
+    assert(echo:wait_output("PORT %d+", 20, "stdout"), "echo" .. logs())
+    local eport = echo.stdout:match("PORT (%d+)")
+    local r1, url1 = start_relay()
+    local _, url2 = start_relay()
+    local srv = track(H.start({ "server", "--listen", "127.0.0.1:0", "--secret-file", T.key,
+      "--auth-tokens", T.token, "--allowed-tcp", "127.0.0.0/8", "--relay-url", url1,
+      "--relay-url", url2, "--relay-only" }, { env = T.env }), "tunnel server")
+    assert(srv:wait_output("Relay: http", 20, "stdout"), "server" .. logs())
+    local id = srv.stdout:match("EndpointId: (%S+)")
+    local lport = H.free_port()
+    local cli = track(H.start({ "client", "--server-node-id", id, "--relay-url", url1,
+      "--relay-url", url2, "--relay-only", "--auth-token", T.token, "--source",
+      "tcp://127.0.0.1:" .. eport, "--target", "127.0.0.1:" .. lport }, { env = T.env }),
+      "tunnel client")
+    assert(cli:wait_output("forwarding tcp ", 30), "client did not connect" .. logs())
+    assert(cli:wait_output("relay " .. url2:gsub("%p", "%%%0") .. ": connected", 20),
+      "second relay not connected" .. logs())
+    r1:kill("sigkill")
+    r1:wait(10)
+    local p
+    H.wait_until(function()
+      p = tool({ "tcp-halfclose", "--port", lport, "--send", "over the other relay",
+        "--timeout", 10 })
+      p:wait(15)
+      return p.stdout:find("RECV over the other relay", 1, true) ~= nil
+    end, 30)
+    assert.matches("RECV over the other relay", p.stdout, 1, true)
+    assert.matches("relay " .. url1 .. ": [^\n]*retrying", cli.stderr)
+    assert.is_false(cli.done, logs())
+  end)
+
   it("says what is missing when neither a relay nor an address is given", function()
     local id = H.tunnel({ "show-server-id", "--secret-file", T.key }).stdout:gsub("%s+$", "")
     local p = H.tunnel({ "client", "--server-node-id", id, "--auth-token",

@@ -225,8 +225,8 @@ end
 
 function Client:_event(ev)
   if ev.type == "relay" then
-    server_mod.log_relay(self.relay_url, ev, self.relay_state)
-    self.relay_state = ev.state
+    self.relay_states = self.relay_states or {}
+    server_mod.log_relay(self.relay_states, ev)
     if ev.state == "ready" and self.via_relay and not self.dialled then
       self.dialled = true
       self.started = uv.hrtime()

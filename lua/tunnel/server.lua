@@ -266,21 +266,31 @@ function Server:vet(proto, name, port, cb)
   end)
 end
 
---- Log relay connection changes; `ev.state` is ready, connecting or waiting.
-function M.log_relay(url, ev, state_before)
+--- Log relay connection changes; `ev.state` is ready, connecting or waiting, `ev.url` which
+-- relay. `states` keeps the last state per URL (so a retry loop logs once).
+function M.log_relay(states, ev)
   local rlog = require("tunnel.log").group("relay")
+  local before = states[ev.url]
+  states[ev.url] = ev.state
   if ev.state == "ready" then
-    rlog.info("relay %s: connected", url)
-  elseif ev.state == "waiting" and state_before ~= "waiting" then
-    rlog.warn("relay %s: %s (retrying)", url, ev.reason or "connection lost")
+    rlog.info("relay %s: connected", ev.url)
+  elseif ev.state == "waiting" and before ~= "waiting" then
+    rlog.warn("relay %s: %s (retrying)", ev.url, ev.reason or "connection lost")
   end
 end
 
---- Start the relay path of a core object: `urls[1]` (several relays: the first one, for now).
+--- Start the relay path of a core object: every relay of opts.relay_urls (at most 4) is
+-- connected; traffic takes the home relay (lowest RTT) and fails over to the others.
+-- Returns the first URL (the one published for discovery) or nil and an error.
 function M.start_relay(core_obj, secret, opts)
   local url = opts.relay_urls[1]
-  if type(url) ~= "string" then
-    return nil, "relay_urls: expected a list of http:// or https:// URLs"
+  for _, u in ipairs(opts.relay_urls) do
+    if type(u) ~= "string" then
+      return nil, "relay_urls: expected a list of http:// or https:// URLs"
+    end
+  end
+  if #opts.relay_urls > 4 then
+    return nil, "relay_urls: at most 4 relays"
   end
   -- STUN for hole punching: the given servers, else the relay's host on the STUN port (a
   -- `tunnel relay --stun-listen` answers there; if nothing does, punching relies on the
@@ -304,7 +314,8 @@ function M.start_relay(core_obj, secret, opts)
       end
     end
   end
-  local ok, err = core_obj:relay({ url = url, secret = secret, proxy = opts.socks5_proxy,
+  local ok, err = core_obj:relay({ urls = opts.relay_urls, secret = secret,
+    proxy = opts.socks5_proxy,
     cafile = opts.relay_cafile, stun = stun, relay_only = opts.relay_only })
   if not ok then
     return nil, err
@@ -315,8 +326,8 @@ end
 local function on_event(self, ev)
   local t = ev.type
   if t == "relay" then
-    M.log_relay(self.relay_url, ev, self.relay_state)
-    self.relay_state = ev.state
+    self.relay_states = self.relay_states or {}
+    M.log_relay(self.relay_states, ev)
     return
   elseif t == "path" then
     self.direct = ev.direct
@@ -451,7 +462,7 @@ function M.new(opts)
     end
     if dns ~= "none" then
       local ok, pub = pcall(require("tunnel.discovery").publisher, {
-        url = dns, secret = secret, relay_urls = { url }, proxy = opts.socks5_proxy,
+        url = dns, secret = secret, relay_urls = opts.relay_urls, proxy = opts.socks5_proxy,
         cafile = opts.relay_cafile,
       })
       local perr = not ok and pub or nil

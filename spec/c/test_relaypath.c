@@ -37,9 +37,11 @@ static uint8_t pattern(size_t i)
     return (uint8_t)(i * 13 + (i >> 9));
 }
 
-static void rp_state(struct tun_relaypath *rp, int state, const char *why, void *ud)
+static void rp_state(struct tun_relaypath *rp, const char *url, int state, const char *why,
+                     void *ud)
 {
     (void)rp;
+    (void)url;
     (void)why;
     ((struct side *)ud)->relay_ready = state == TUN_RELAY_CLIENT_READY;
 }

@@ -5,6 +5,7 @@
 #include "util/log.h"
 
 #include <arpa/inet.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,12 +16,21 @@
 
 struct peer {
     uint8_t key[32];
-    struct peer *next; /* hash chain */
+    int via;       /* relay index the peer was last heard through (replies go there), -1: home */
+    uint8_t avoid; /* bit i: relay i said the peer is not connected there */
+};
+
+struct relay {
+    struct tun_relaypath *rp;
+    struct tun_relay_client *rc;
+    char url[200];
+    int index, ready;
 };
 
 struct tun_relaypath {
     struct tun_qep *ep;
-    struct tun_relay_client *rc;
+    struct relay relays[TUN_RELAYPATH_MAX_RELAYS];
+    size_t nrelays;
     struct tun_relaypath_cbs cbs;
     void *ud;
     uint16_t port;
@@ -71,6 +81,8 @@ static int add(struct tun_relaypath *rp, const uint8_t key[32])
     }
     size_t idx = rp->n++;
     memcpy(rp->peers[idx].key, key, 32);
+    rp->peers[idx].via = -1;
+    rp->peers[idx].avoid = 0;
     uint32_t *head = &rp->buckets[key_hash(key) & (rp->nbuckets - 1)];
     rp->chain[idx] = *head;
     *head = (uint32_t)idx + 1;
@@ -120,51 +132,127 @@ void tun_relaypath_new_port(struct tun_relaypath *rp)
     rp->port = (uint16_t)(rp->port == 65535 ? 1 : rp->port + 1);
 }
 
+/* The home relay: the connected one with the lowest RTT (unmeasured ones after measured). */
+static int home(const struct tun_relaypath *rp, uint8_t avoid)
+{
+    int best = -1;
+    uint64_t best_rtt = UINT64_MAX;
+    for (size_t pass = 0; pass < 2 && best < 0; pass++) {
+        for (size_t i = 0; i < rp->nrelays; i++) {
+            const struct relay *r = &rp->relays[i];
+            if (!r->ready || (pass == 0 && (avoid & (1u << i))))
+                continue;
+            struct tun_relay_client_stats st;
+            tun_relay_client_stats(r->rc, &st);
+            uint64_t rtt = st.rtt_us ? st.rtt_us : UINT64_MAX - 1;
+            if (best < 0 || rtt < best_rtt) {
+                best = (int)i;
+                best_rtt = rtt;
+            }
+        }
+    }
+    return best;
+}
+
+/* Through which relay to reach peer i (or -1: none is connected). */
+static int relay_for(struct tun_relaypath *rp, int i)
+{
+    struct peer *p = &rp->peers[i];
+    if (p->via >= 0 && rp->relays[p->via].ready && !(p->avoid & (1u << p->via)))
+        return p->via;
+    return home(rp, p->avoid);
+}
+
+static int send_to(struct tun_relaypath *rp, int peer, const uint8_t *data, size_t len)
+{
+    int r = relay_for(rp, peer);
+    if (r < 0)
+        return TUN_EAGAIN;
+    return tun_relay_client_send(rp->relays[r].rc, rp->peers[peer].key, data, len);
+}
+
 /* The endpoint's path sender: a packet for a synthetic address goes to that key. */
 static int path_send(void *ud, const struct sockaddr *local, const struct sockaddr *remote,
                      const uint8_t *data, size_t len)
 {
     (void)local;
     struct tun_relaypath *rp = ud;
-    uint8_t key[32];
-    if (tun_relaypath_key(rp, remote, key) != 0)
+    if (!tun_relaypath_is_relay(remote))
+        return TUN_EINVAL;
+    uint32_t ip = ntohl(((const struct sockaddr_in *)remote)->sin_addr.s_addr);
+    if (ip < FIRST || ip - FIRST >= rp->n)
         return TUN_EINVAL;
     /* Not ready or congested: the packet is lost, and QUIC's recovery takes it from there. */
-    return tun_relay_client_send(rp->rc, key, data, len);
+    return send_to(rp, (int)(ip - FIRST), data, len);
 }
 
 static void on_state(struct tun_relay_client *c, int state, const char *why, void *ud)
 {
     (void)c;
-    struct tun_relaypath *rp = ud;
-    if (rp->cbs.on_state)
-        rp->cbs.on_state(rp, state, why, rp->ud);
+    struct relay *r = ud;
+    r->ready = state == TUN_RELAY_CLIENT_READY;
+    if (r->rp->cbs.on_state)
+        r->rp->cbs.on_state(r->rp, r->url, state, why, r->rp->ud);
 }
 
 static void on_datagram(struct tun_relay_client *c, const uint8_t src[32], const uint8_t *data,
                         size_t len, void *ud)
 {
     (void)c;
-    struct tun_relaypath *rp = ud;
+    struct relay *r = ud;
+    struct tun_relaypath *rp = r->rp;
+    int i = add(rp, src);
+    if (i >= 0) {
+        /* Answer the way the peer reaches us: it is connected there. */
+        rp->peers[i].via = r->index;
+        rp->peers[i].avoid &= (uint8_t) ~(1u << r->index);
+    }
     if (tun_disco_is_disco(data, len)) {
         if (rp->cbs.on_disco)
             rp->cbs.on_disco(rp, src, data, len, rp->ud);
         return;
     }
-    struct sockaddr_storage local, remote;
-    if (tun_relaypath_addr(rp, src, &local, &remote) != 0) {
+    if (i < 0) {
         tun_log_debug(RELAY, "relayed packet dropped: too many peers");
         return;
     }
+    struct sockaddr_storage local, remote;
+    set_addr(&local, SELF, rp->port);
+    set_addr(&remote, FIRST + (uint32_t)i, 1);
     tun_qep_input(rp->ep, (struct sockaddr *)&local, (struct sockaddr *)&remote, data, len);
 }
 
 static void on_peer_gone(struct tun_relay_client *c, const uint8_t key[32], int reason, void *ud)
 {
     (void)c;
-    struct tun_relaypath *rp = ud;
+    struct relay *r = ud;
+    struct tun_relaypath *rp = r->rp;
+    int i = find(rp, key);
+    if (i >= 0) {
+        /* Not (or no longer) there: try the peer through another relay. */
+        rp->peers[i].avoid |= (uint8_t)(1u << r->index);
+        if (rp->peers[i].via == r->index)
+            rp->peers[i].via = -1;
+    }
     if (rp->cbs.on_peer_gone)
         rp->cbs.on_peer_gone(rp, key, reason, rp->ud);
+}
+
+int tun_relaypath_add(struct tun_relaypath *rp, uv_loop_t *loop,
+                      const struct tun_relay_client_cfg *rcfg)
+{
+    if (rp->nrelays == TUN_RELAYPATH_MAX_RELAYS)
+        return TUN_ERANGE;
+    struct relay *r = &rp->relays[rp->nrelays];
+    memset(r, 0, sizeof(*r));
+    r->rp = rp;
+    r->index = (int)rp->nrelays;
+    snprintf(r->url, sizeof(r->url), "%s", rcfg->url ? rcfg->url : "");
+    static const struct tun_relay_client_cbs rcbs = {on_state, on_datagram, on_peer_gone, NULL};
+    int rc = tun_relay_client_new(loop, rcfg, &rcbs, r, &r->rc);
+    if (rc != 0)
+        return rc;
+    return (int)rp->nrelays++;
 }
 
 int tun_relaypath_new(uv_loop_t *loop, struct tun_qep *ep, const struct tun_relay_client_cfg *rcfg,
@@ -184,9 +272,8 @@ int tun_relaypath_new(uv_loop_t *loop, struct tun_qep *ep, const struct tun_rela
         free(rp);
         return TUN_ENOMEM;
     }
-    static const struct tun_relay_client_cbs rcbs = {on_state, on_datagram, on_peer_gone, NULL};
-    int rc = tun_relay_client_new(loop, rcfg, &rcbs, rp, &rp->rc);
-    if (rc != 0) {
+    int rc = tun_relaypath_add(rp, loop, rcfg);
+    if (rc < 0) {
         free(rp->buckets);
         free(rp);
         return rc;
@@ -199,18 +286,37 @@ int tun_relaypath_new(uv_loop_t *loop, struct tun_qep *ep, const struct tun_rela
 int tun_relaypath_send(struct tun_relaypath *rp, const uint8_t key[32], const uint8_t *data,
                        size_t len)
 {
-    return tun_relay_client_send(rp->rc, key, data, len);
+    int i = add(rp, key);
+    if (i < 0)
+        return i;
+    return send_to(rp, i, data, len);
 }
 
-struct tun_relay_client *tun_relaypath_client(struct tun_relaypath *rp)
+size_t tun_relaypath_count(const struct tun_relaypath *rp)
 {
-    return rp->rc;
+    return rp->nrelays;
+}
+
+struct tun_relay_client *tun_relaypath_client(struct tun_relaypath *rp, size_t i)
+{
+    return i < rp->nrelays ? rp->relays[i].rc : NULL;
+}
+
+const char *tun_relaypath_url(const struct tun_relaypath *rp, size_t i)
+{
+    return i < rp->nrelays ? rp->relays[i].url : NULL;
+}
+
+int tun_relaypath_home(const struct tun_relaypath *rp)
+{
+    return home(rp, 0);
 }
 
 void tun_relaypath_free(struct tun_relaypath *rp)
 {
     tun_qep_set_path_sender(rp->ep, NULL, NULL);
-    tun_relay_client_close(rp->rc);
+    for (size_t i = 0; i < rp->nrelays; i++)
+        tun_relay_client_close(rp->relays[i].rc);
     free(rp->peers);
     free(rp->chain);
     free(rp->buckets);

@@ -25,13 +25,15 @@
 #include <sys/socket.h>
 #include <uv.h>
 
-#define TUN_RELAYPATH_MAX_PEERS 4096
+#define TUN_RELAYPATH_MAX_PEERS  4096
+#define TUN_RELAYPATH_MAX_RELAYS 4
 
 struct tun_relaypath;
 
 struct tun_relaypath_cbs {
-    /* The relay connection's state (enum tun_relay_client_state), why when it fell back. */
-    void (*on_state)(struct tun_relaypath *rp, int state, const char *why, void *ud);
+    /* A relay connection's state (enum tun_relay_client_state), why when it fell back. */
+    void (*on_state)(struct tun_relaypath *rp, const char *url, int state, const char *why,
+                     void *ud);
     /* A disco packet from `src` through the relay. */
     void (*on_disco)(struct tun_relaypath *rp, const uint8_t src[32], const uint8_t *data,
                      size_t len, void *ud);
@@ -66,7 +68,20 @@ void tun_relaypath_new_port(struct tun_relaypath *rp);
 int tun_relaypath_send(struct tun_relaypath *rp, const uint8_t key[32], const uint8_t *data,
                        size_t len);
 
-struct tun_relay_client *tun_relaypath_client(struct tun_relaypath *rp);
+/*
+ * Several relays: add another one (its secret should be the same identity). Packets to a peer
+ * go through the relay the peer was last heard through, else the home relay: the connected
+ * one with the lowest RTT. A relay that answers PEER_GONE for a peer is avoided for it; a
+ * relay that goes down is left at once for the next (failover). Returns the relay's index,
+ * TUN_ERANGE (TUN_RELAYPATH_MAX_RELAYS), or the relay client's error.
+ */
+int tun_relaypath_add(struct tun_relaypath *rp, uv_loop_t *loop,
+                      const struct tun_relay_client_cfg *rcfg);
+size_t tun_relaypath_count(const struct tun_relaypath *rp);
+struct tun_relay_client *tun_relaypath_client(struct tun_relaypath *rp, size_t i);
+const char *tun_relaypath_url(const struct tun_relaypath *rp, size_t i);
+/* Index of the home relay, or -1 when none is connected. */
+int tun_relaypath_home(const struct tun_relaypath *rp);
 
 /* Stop: the endpoint no longer sends through the relay; the relay client closes. Call before
  * closing the endpoint. */

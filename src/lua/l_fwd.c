@@ -214,6 +214,8 @@ static void push_event(lua_State *L, struct lev *e)
                           : e->code == TUN_RELAY_CLIENT_CONNECTING ? "connecting"
                                                                    : "waiting");
         lua_setfield(L, -2, "state");
+        lua_pushstring(L, e->why.reason);
+        lua_setfield(L, -2, "url");
         break;
     case EV_AUTH_FAILED:
     case EV_REJECTED:
@@ -850,13 +852,15 @@ static int l_fwd_client(lua_State *L)
 
 /* ---- relay -------------------------------------------------------------------------------- */
 
-static void rp_on_state(struct tun_relaypath *rp, int state, const char *why, void *ud)
+static void rp_on_state(struct tun_relaypath *rp, const char *url, int state, const char *why,
+                        void *ud)
 {
     (void)rp;
     struct lev *e = ev_new(ud, EV_RELAY);
     if (!e)
         return;
     e->code = state;
+    snprintf(e->why.reason, sizeof(e->why.reason), "%s", url);
     if (why)
         ev_text(e, why, strlen(why));
 }
@@ -911,9 +915,26 @@ static int l_obj_relay(lua_State *L)
         return luaL_error(L, "relay() was already called");
     struct tun_relay_client_cfg cfg;
     memset(&cfg, 0, sizeof(cfg));
-    cfg.url = opt_str(L, 2, "url");
-    if (!cfg.url)
-        return luaL_error(L, "relay: option 'url' is required");
+    /* urls = { ... } (or url = "..."): every relay is connected; see relaypath.h. */
+    const char *urls[TUN_RELAYPATH_MAX_RELAYS];
+    size_t nurls = 0;
+    lua_getfield(L, 2, "urls");
+    if (lua_istable(L, -1)) {
+        for (int i = 1; nurls < TUN_RELAYPATH_MAX_RELAYS; i++) {
+            lua_rawgeti(L, -1, i);
+            const char *u = lua_tostring(L, -1);
+            lua_pop(L, 1);
+            if (!u)
+                break;
+            urls[nurls++] = u; /* referenced by the option table */
+        }
+    }
+    lua_pop(L, 1);
+    if (nurls == 0 && (urls[0] = opt_str(L, 2, "url")) != NULL)
+        nurls = 1;
+    if (nurls == 0)
+        return luaL_error(L, "relay: option 'urls' (or 'url') is required");
+    cfg.url = urls[0];
     cfg.proxy = opt_str(L, 2, "proxy");
     cfg.cafile = opt_str(L, 2, "cafile");
     cfg.token = opt_str(L, 2, "token");
@@ -922,6 +943,14 @@ static int l_obj_relay(lua_State *L)
         o->is_server ? tun_fwd_server_endpoint(o->srv) : tun_fwd_client_endpoint(o->cli);
     struct tun_relaypath_cbs cbs = {.on_state = rp_on_state, .on_disco = rp_on_disco};
     int rc = tun_relaypath_new(luv_loop(L), ep, &cfg, &cbs, o, &o->rp);
+    for (size_t i = 1; rc == 0 && i < nurls; i++) {
+        cfg.url = urls[i];
+        int ra = tun_relaypath_add(o->rp, luv_loop(L), &cfg);
+        if (ra < 0) {
+            tun_log_warn(RELAY, "relay %s not used: %s", urls[i],
+                         ra == TUN_EINVAL ? "not an http:// or https:// URL" : tun_strerror(ra));
+        }
+    }
     if (rc != 0) {
         memset(cfg.secret, 0, sizeof(cfg.secret));
         lua_pushnil(L);
@@ -963,7 +992,8 @@ static int l_obj_relay(lua_State *L)
     return 1;
 }
 
-/* relay_stats() -> { state, rtt_ms, tx/rx datagrams and bytes, connects, failures, error } */
+/* relay_stats() -> { {url, home, state, rtt_ms, tx/rx datagrams and bytes, connects, failures,
+ * error}, ... } one per relay, or nil without relays */
 static int l_obj_relay_stats(lua_State *L)
 {
     struct lobj *o = check_any(L);
@@ -971,30 +1001,39 @@ static int l_obj_relay_stats(lua_State *L)
         lua_pushnil(L);
         return 1;
     }
-    struct tun_relay_client_stats st;
-    tun_relay_client_stats(tun_relaypath_client(o->rp), &st);
+    int home = tun_relaypath_home(o->rp);
     lua_newtable(L);
-    lua_pushstring(L, st.state == TUN_RELAY_CLIENT_READY        ? "ready"
-                      : st.state == TUN_RELAY_CLIENT_CONNECTING ? "connecting"
-                                                                : "waiting");
-    lua_setfield(L, -2, "state");
-    lua_pushnumber(L, (lua_Number)st.rtt_us / 1000.0);
-    lua_setfield(L, -2, "rtt_ms");
-    lua_pushnumber(L, (lua_Number)st.tx_datagrams);
-    lua_setfield(L, -2, "tx_datagrams");
-    lua_pushnumber(L, (lua_Number)st.rx_datagrams);
-    lua_setfield(L, -2, "rx_datagrams");
-    lua_pushnumber(L, (lua_Number)st.tx_bytes);
-    lua_setfield(L, -2, "tx_bytes");
-    lua_pushnumber(L, (lua_Number)st.rx_bytes);
-    lua_setfield(L, -2, "rx_bytes");
-    lua_pushnumber(L, (lua_Number)st.connects);
-    lua_setfield(L, -2, "connects");
-    lua_pushnumber(L, (lua_Number)st.failures);
-    lua_setfield(L, -2, "failures");
-    if (st.last_error[0]) {
-        lua_pushstring(L, st.last_error);
-        lua_setfield(L, -2, "error");
+    for (size_t i = 0; i < tun_relaypath_count(o->rp); i++) {
+        struct tun_relay_client_stats st;
+        tun_relay_client_stats(tun_relaypath_client(o->rp, i), &st);
+        lua_newtable(L);
+        lua_pushstring(L, tun_relaypath_url(o->rp, i));
+        lua_setfield(L, -2, "url");
+        lua_pushboolean(L, (int)i == home);
+        lua_setfield(L, -2, "home");
+        lua_pushstring(L, st.state == TUN_RELAY_CLIENT_READY        ? "ready"
+                          : st.state == TUN_RELAY_CLIENT_CONNECTING ? "connecting"
+                                                                    : "waiting");
+        lua_setfield(L, -2, "state");
+        lua_pushnumber(L, (lua_Number)st.rtt_us / 1000.0);
+        lua_setfield(L, -2, "rtt_ms");
+        lua_pushnumber(L, (lua_Number)st.tx_datagrams);
+        lua_setfield(L, -2, "tx_datagrams");
+        lua_pushnumber(L, (lua_Number)st.rx_datagrams);
+        lua_setfield(L, -2, "rx_datagrams");
+        lua_pushnumber(L, (lua_Number)st.tx_bytes);
+        lua_setfield(L, -2, "tx_bytes");
+        lua_pushnumber(L, (lua_Number)st.rx_bytes);
+        lua_setfield(L, -2, "rx_bytes");
+        lua_pushnumber(L, (lua_Number)st.connects);
+        lua_setfield(L, -2, "connects");
+        lua_pushnumber(L, (lua_Number)st.failures);
+        lua_setfield(L, -2, "failures");
+        if (st.last_error[0]) {
+            lua_pushstring(L, st.last_error);
+            lua_setfield(L, -2, "error");
+        }
+        lua_rawseti(L, -2, (int)i + 1);
     }
     return 1;
 }

@@ -301,15 +301,22 @@ static void on_frame(struct tun_relay_client *c, const uint8_t *buf, size_t len)
             fail(c, "cannot send the authentication");
         return;
     }
-    case TUN_RELAY_AUTH_OK:
+    case TUN_RELAY_AUTH_OK: {
         c->failures_in_row = 0;
         c->st.connects++;
         c->st.last_error[0] = '\0';
-        c->last_ping = now_ms(c);
         tun_log_debug(RELAY, "relay %s: connected", c->url);
+        /* A first ping at once: its RTT ranks this relay against the others right away. */
+        uint8_t pb[16];
+        randombytes_buf(c->ping_data, sizeof(c->ping_data));
+        int pn = tun_relay_encode_ping(pb, sizeof(pb), TUN_RELAY_PING, c->ping_data);
+        if (pn > 0 && send_frame(c, pb, (size_t)pn) == 0)
+            c->ping_sent_us = uv_hrtime() / 1000;
+        c->last_ping = now_ms(c);
         set_state(c, TUN_RELAY_CLIENT_READY, NULL);
         schedule(c);
         return;
+    }
     case TUN_RELAY_AUTH_DENIED:
         fail(c, "the relay refused us: %.*s (code %d)", (int)(f.len > 100 ? 100 : f.len),
              (const char *)f.data, f.code);

@@ -51,8 +51,8 @@ end
 
 --- iroh-mode relay options (server and client).
 function M.relay_options(c)
-  c:option("--relay-url", "Relay server (http:// or https://; repeatable; the first is used " ..
-    "for now).")
+  c:option("--relay-url", "Relay server (http:// or https://; repeatable, up to 4: all are " ..
+    "connected, the lowest-latency one carries the traffic and the others take over).")
     :argname("<url>"):count("*"):target("relay_url")
   c:flag("--relay-only", "Never use a direct address: everything goes through the relay.")
   c:option("--socks5-proxy", "Reach relays through this proxy (socks5h://host:port).")
