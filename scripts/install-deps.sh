@@ -8,7 +8,7 @@ luajit2 libluajit2-5.1-dev libuv1-dev lua-luv lua-luv-dev
 libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev gnutls-bin
 libsodium-dev libsecp256k1-dev libcurl4-gnutls-dev libedit-dev
 lua-cjson lua-cjson-dev lua-argparse lua-busted lua-check luarocks clang-format
-iproute2 iptables coturn stun-client"
+iproute2 iptables coturn stun-client dante-server"
 
 missing=""
 for p in $PACKAGES; do

@@ -161,7 +161,12 @@ function M.run(args)
   end
   -- Only the EndpointId: look up the server's relay in its discovery record first.
   log.info("looking up %s at %s", s.server_node_id, dns)
-  require("tunnel.discovery").resolve(dns, s.server_node_id, function(rec, err)
+  local discovery = require "tunnel.discovery"
+  local proxy = type(s.socks5_proxy) == "table" and s.socks5_proxy.text or s.socks5_proxy
+  -- Through the proxy too: a client that must not reach the relay directly must not reach the
+  -- discovery server directly either.
+  local ropts = proxy and { client = discovery.client({ proxy = proxy }) } or nil
+  discovery.resolve(dns, s.server_node_id, function(rec, err)
     if not rec then
       io.stderr:write("tunnel: cannot find the server: ", tostring(err), "\n")
       host.stop(1)
@@ -179,7 +184,7 @@ function M.run(args)
       io.stderr:write("tunnel: ", cerr, "\n")
       host.stop(1)
     end
-  end)
+  end, ropts)
   return nil
 end
 
