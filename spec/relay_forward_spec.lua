@@ -173,11 +173,14 @@ describe("forwarding through a relay", function()
     assert.is_false(cli.done, logs())
   end)
 
-  it("says what is missing when neither a relay nor an address is given", function()
+  it("says clearly when the discovery server cannot be reached", function()
     local id = H.tunnel({ "show-server-id", "--secret-file", T.key }).stdout:gsub("%s+$", "")
-    local p = H.tunnel({ "client", "--server-node-id", id, "--auth-token",
-      T.token, "--source", "tcp://127.0.0.1:1", "--target", "127.0.0.1:1" }, { env = T.env })
+    -- A discovery server that is not there (on loopback: the LAN lookup, which a client with
+    -- nothing at all given would do, is multicast and has its own lab test).
+    local p = H.tunnel({ "client", "--server-node-id", id, "--dns-server",
+      "http://127.0.0.1:1/pkarr", "--auth-token", T.token, "--source", "tcp://127.0.0.1:1",
+      "--target", "127.0.0.1:" .. H.free_port() }, { env = T.env, timeout = 30 })
     assert.equal(1, p.code)
-    assert.matches("give --relay-url URL", p.stderr, 1, true)
+    assert.matches("cannot find the server: ", p.stderr, 1, true)
   end)
 end)

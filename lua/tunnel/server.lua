@@ -33,7 +33,7 @@ local OPTIONS = {
   on_session_closed = "function", on_connection_closed = "function", transport = "table",
   auth_timeout = "number", udp_idle_timeout = "number", name = "string",
   relay_urls = "table", socks5_proxy = "string", relay_cafile = "string", relay_only = "boolean",
-  stun_servers = "table", dns_server = "string",
+  stun_servers = "table", dns_server = "string", lan_announce = "boolean",
 }
 
 --- Check an option table against `known` (name -> type); misuse raises at the caller's line.
@@ -266,6 +266,38 @@ function Server:vet(proto, name, port, cb)
   end)
 end
 
+--- Announce the server on the local network (multicast: tunnel.lan), so that clients on the
+-- same LAN find it by EndpointId with no relay or discovery server. Best effort: a network
+-- without multicast only loses this convenience.
+local function announce_lan(self, secret, listen_ip, port)
+  local addrs = {}
+  if listen_ip:match("^127%.") or listen_ip == "::1" then
+    return -- a server only this host can reach has nothing to announce to the network
+  elseif listen_ip ~= "0.0.0.0" and listen_ip ~= "::" then
+    addrs[1] = (listen_ip:find(":", 1, true) and ("[" .. listen_ip .. "]") or listen_ip) ..
+      ":" .. port
+  else
+    for _, list in pairs(uv.interface_addresses()) do
+      for _, a in ipairs(list) do
+        if not a.internal and a.family == "inet" and #addrs < 16 then
+          addrs[#addrs + 1] = a.ip .. ":" .. port
+        end
+      end
+    end
+  end
+  if #addrs == 0 then
+    return
+  end
+  local ok, ann, err = pcall(require("tunnel.lan").announcer, { secret = secret, addrs = addrs,
+    relay_urls = self.relay_url and { self.relay_url } or nil })
+  if not ok or not ann then
+    flog.debug("LAN announcements off: %s", tostring(ok and err or ann))
+    return
+  end
+  self.lan = ann
+  flog.debug("announcing %s on the LAN: %s", self.endpoint_id, table.concat(addrs, ", "))
+end
+
 --- Log relay connection changes; `ev.state` is ready, connecting or waiting, `ev.url` which
 -- relay. `states` keeps the last state per URL (so a retry loop logs once).
 function M.log_relay(states, ev)
@@ -476,6 +508,9 @@ function M.new(opts)
   end
   local ip, port = srv:local_addr()
   self.address_text, self.port = ip, port
+  if opts.lan_announce then
+    announce_lan(self, secret, hp.host, port)
+  end
   return self
 end
 
@@ -547,6 +582,9 @@ end
 
 --- Stop: closes every session (they see "shutdown") and the socket.
 function Server:close()
+  if self.lan then
+    self.lan:close()
+  end
   if self.publisher then
     self.publisher:close()
   end

@@ -603,6 +603,52 @@ static int l_parse_z32(lua_State *L)
     return 1;
 }
 
+/* sign(secret, record, timestamp_us) -> signed packet (key | sig | ts | dns), for announcing
+ * it somewhere other than an HTTP server (the LAN). */
+static int l_sign(lua_State *L)
+{
+    const uint8_t *secret = check_bytes(L, 1, "secret");
+    struct tun_pkarr_record r;
+    get_record(L, 2, &r);
+    lua_Number ts = luaL_checknumber(L, 3);
+    if (ts < 1)
+        return luaL_argerror(L, 3, "a timestamp in microseconds");
+    uint8_t pkt[TUN_PKARR_MAX_PACKET];
+    int n = tun_pkarr_publish(pkt, sizeof(pkt), secret, (uint64_t)ts, &r);
+    if (n < 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot sign the record: %s", tun_strerror(n));
+        return 2;
+    }
+    lua_pushlstring(L, (const char *)pkt, (size_t)n);
+    return 1;
+}
+
+/* open(packet) -> key (32 bytes), record {relays, addrs, ttl, timestamp} | nil, err: verify the
+ * signature and decode our record. */
+static int l_open(lua_State *L)
+{
+    size_t len;
+    const uint8_t *pkt = (const uint8_t *)luaL_checklstring(L, 1, &len);
+    if (len < TUN_PKARR_KEY_LEN) {
+        lua_pushnil(L);
+        lua_pushstring(L, "too short for a signed record");
+        return 2;
+    }
+    struct dev e;
+    memset(&e, 0, sizeof(e));
+    int rc = tun_pkarr_read_payload(&e.rec, &e.timestamp, pkt, pkt + TUN_PKARR_KEY_LEN,
+                                    len - TUN_PKARR_KEY_LEN);
+    if (rc != 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "not a valid signed record: %s", tun_strerror(rc));
+        return 2;
+    }
+    lua_pushlstring(L, (const char *)pkt, TUN_PKARR_KEY_LEN);
+    push_record(L, &e);
+    return 2;
+}
+
 int luaopen_tunnel_core_discovery(lua_State *L)
 {
     static const luaL_Reg methods[] = {
@@ -619,8 +665,8 @@ int luaopen_tunnel_core_discovery(lua_State *L)
     lua_setfield(L, -2, "__tostring");
     lua_pop(L, 1);
     static const luaL_Reg fns[] = {
-        {"client", l_client},       {"now_us", l_now_us}, {"z32", l_z32},
-        {"parse_z32", l_parse_z32}, {NULL, NULL},
+        {"client", l_client}, {"now_us", l_now_us}, {"z32", l_z32}, {"parse_z32", l_parse_z32},
+        {"sign", l_sign},     {"open", l_open},     {NULL, NULL},
     };
     lua_newtable(L);
     luaL_register(L, NULL, fns);

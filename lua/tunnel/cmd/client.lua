@@ -82,10 +82,7 @@ function M.run(args)
   local relays = common.texts(s.relay_urls)
   local direct = not s.relay_only and s.server_addrs and s.server_addrs[1] or nil
   local dns = s.dns_server and common.dns_url(s, relays)
-  if not direct and #relays == 0 and not dns then
-    return fail("no way to reach the server: give --relay-url URL (the relay the server " ..
-      "uses), --dns-server URL (where it publishes its address) or --server-addr HOST:PORT")
-  end
+  local lan = not direct and #relays == 0 and not dns
   if not s.auth_token and not s.auth_token_file then
     return fail("no token: give --auth-token or --auth-token-file")
   end
@@ -157,6 +154,27 @@ function M.run(args)
     if not c then
       return fail(err)
     end
+    return nil
+  end
+  if lan then
+    -- Nothing but the EndpointId: ask the local network (the server announces itself there).
+    log.info("looking for %s on the local network", s.server_node_id)
+    require("tunnel.lan").find(s.server_node_id, function(rec, err)
+      if not rec then
+        io.stderr:write("tunnel: cannot find the server: ", tostring(err), "; give " ..
+          "--relay-url URL (the relay the server uses), --dns-server URL (where it publishes " ..
+          "its address) or --server-addr HOST:PORT\n")
+        host.stop(1)
+        return
+      end
+      direct = rec.addrs[1]
+      log.info("found %s on the local network at %s", s.server_node_id, tostring(direct))
+      local c, cerr = start(rec.relays)
+      if not c then
+        io.stderr:write("tunnel: ", cerr, "\n")
+        host.stop(1)
+      end
+    end)
     return nil
   end
   -- Only the EndpointId: look up the server's relay in its discovery record first.

@@ -110,6 +110,7 @@ function M.run(args)
     relay_only = s.relay_only or nil,
     socks5_proxy = type(s.socks5_proxy) == "table" and s.socks5_proxy.text or s.socks5_proxy,
     dns_server = common.dns_url(s, common.texts(s.relay_urls)) or "none",
+    lan_announce = true,
   })
   if not srv then
     return fail(serr)
