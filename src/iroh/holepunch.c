@@ -24,6 +24,7 @@ struct peer {
     struct tun_paths paths;
     struct tun_qconn *conn; /* the connection we dialled (we migrate it), or NULL */
     int current;            /* path index carrying the connection, -1: relay */
+    uint64_t rx_packets;    /* of conn, at the last tick */
     uint64_t fast_until_ms, last_cmm_ms, last_fast_ms;
 };
 
@@ -295,6 +296,15 @@ static void tick(uv_timer_t *t)
             continue;
         if (p->current < 0 && p->conn && now_ms - p->last_cmm_ms >= CMM_MS)
             send_cmm(hp, p);
+        /* QUIC packets keep arriving on the direct path: it works, whatever happened to the
+         * probes (a path whose acks flow is never dropped for a lost pong). */
+        if (p->conn && p->current >= 0) {
+            struct tun_qconn_stats st;
+            tun_qconn_get_stats(p->conn, &st);
+            if (st.rx_packets > p->rx_packets)
+                tun_paths_traffic(&p->paths, now_us(hp));
+            p->rx_packets = st.rx_packets;
+        }
         if (p->current < 0 && now_ms < p->fast_until_ms) {
             if (now_ms - p->last_fast_ms >= FAST_MS) {
                 p->last_fast_ms = now_ms;

@@ -369,6 +369,10 @@ static void c_on_rejected(struct tun_fwd_client *c, int fwd, int code, const cha
 static void c_on_closed(struct tun_fwd_client *c, const struct tun_qclose_info *why, void *ud)
 {
     (void)c;
+    struct lobj *o = ud;
+    /* The connection is freed after this: hole punching must not touch it any more. */
+    if (o->hp && o->dialled_key)
+        tun_holepunch_forget(o->hp, o->peer_key);
     struct lev *e = ev_new(ud, EV_CLOSED);
     if (e)
         e->why = *why;
