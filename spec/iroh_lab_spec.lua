@@ -142,4 +142,33 @@ describe("iroh mode in the NAT lab", function()
     local sent, recv = bulk(lab, 5 * MiB)
     assert.equal(sent, recv, lab:logs())
   end)
+
+  it("connects to the direct address a discovery record gives, with no relay", function()
+    lab = Lab.new({ lan = true, nat = "cone" })
+    local env = { TUNNEL_LOG = false, XDG_RUNTIME_DIR = lab:tmpdir() }
+    local dir = lab:tmpdir()
+    local disc = lab:spawn("srv", { H.BIN, "relay", "--listen", SRV1 .. ":3340" }, { env = env })
+    assert(disc:wait_output("relay listening", 20, "stdout"), "relay" .. lab:logs())
+    local key = dir .. "/server.key"
+    assert(lab:exec("b", { H.BIN, "generate-server-key", "--output", key }))
+    local _, token = lab:exec("b", { H.BIN, "generate-token" })
+    token = token:gsub("%s+$", "")
+    local echo = lab:spawn("b", { "python3", TOOL, "tcp-echo", "--port", 0 })
+    assert(echo:wait_output("PORT %d+", 20, "stdout"), "echo" .. lab:logs())
+    local eport = echo.stdout:match("PORT (%d+)")
+    local srv = lab:spawn("b", { H.BIN, "server", "--listen", "0.0.0.0:0", "--secret-file", key,
+      "--auth-tokens", token, "--allowed-tcp", "127.0.0.0/8", "--dns-server", URL .. "/pkarr" },
+      { env = env })
+    assert(srv:wait_output("published ", 20), "server did not publish" .. lab:logs())
+    local id = srv.stdout:match("EndpointId: (%S+)")
+    local cli = lab:spawn("a", { H.BIN, "client", "--server-node-id", id, "--dns-server",
+      URL .. "/pkarr", "--auth-token", token, "--source", "tcp://127.0.0.1:" .. eport,
+      "--target", "127.0.0.1:7000" }, { env = env })
+    assert(cli:wait_output("forwarding tcp ", 30), "client" .. lab:logs())
+    local b_ip = lab:addr("b"):gsub("%p", "%%%0")
+    assert.matches("found " .. id .. " at " .. b_ip .. ":%d+", cli.stderr)
+    assert.matches("(direct,", cli.stderr, 1, true)
+    local sent, recv = bulk(lab, 5 * MiB)
+    assert.equal(sent, recv, lab:logs())
+  end)
 end)

@@ -269,10 +269,13 @@ end
 --- Announce the server on the local network (multicast: tunnel.lan), so that clients on the
 -- same LAN find it by EndpointId with no relay or discovery server. Best effort: a network
 -- without multicast only loses this convenience.
-local function announce_lan(self, secret, listen_ip, port)
+--- The addresses a server listening on `listen_ip`:`port` can be reached at from the
+-- network: that address, or every non-loopback IPv4 interface address for a wildcard; none for
+-- a loopback listener (nothing to tell the network about).
+local function direct_addrs(listen_ip, port)
   local addrs = {}
   if listen_ip:match("^127%.") or listen_ip == "::1" then
-    return -- a server only this host can reach has nothing to announce to the network
+    return addrs
   elseif listen_ip ~= "0.0.0.0" and listen_ip ~= "::" then
     addrs[1] = (listen_ip:find(":", 1, true) and ("[" .. listen_ip .. "]") or listen_ip) ..
       ":" .. port
@@ -285,17 +288,43 @@ local function announce_lan(self, secret, listen_ip, port)
       end
     end
   end
+  return addrs
+end
+
+local function announce_lan(self, secret, addrs)
   if #addrs == 0 then
     return
   end
   local ok, ann, err = pcall(require("tunnel.lan").announcer, { secret = secret, addrs = addrs,
-    relay_urls = self.relay_url and { self.relay_url } or nil })
+    relay_urls = self.relay_urls })
   if not ok or not ann then
     flog.debug("LAN announcements off: %s", tostring(ok and err or ann))
     return
   end
   self.lan = ann
   flog.debug("announcing %s on the LAN: %s", self.endpoint_id, table.concat(addrs, ", "))
+end
+
+--- Publish the record (relays and direct addresses) where clients look the server up by
+-- EndpointId: opts.dns_server, else the first relay's /pkarr; "none" turns it off.
+local function publish(self, secret, opts, addrs)
+  local dns = opts.dns_server
+  if dns == nil and self.relay_url then
+    dns = self.relay_url:gsub("/+$", "") .. "/pkarr"
+  end
+  if not dns or dns == "none" then
+    return
+  end
+  local ok, pub = pcall(require("tunnel.discovery").publisher, {
+    url = dns, secret = secret, relay_urls = self.relay_urls or {}, addrs = addrs,
+    proxy = opts.socks5_proxy, cafile = opts.relay_cafile,
+  })
+  if ok then
+    self.publisher = pub
+    self.discovery_url = dns
+  else
+    log.warn("discovery not started: %s", tostring(pub))
+  end
 end
 
 --- Log relay connection changes; `ev.state` is ready, connecting or waiting, `ev.url` which
@@ -487,29 +516,14 @@ function M.new(opts)
       return nil, rerr
     end
     self.relay_url = url
-    -- Publish where clients look us up by EndpointId: dns_server, else the relay's /pkarr.
-    local dns = opts.dns_server
-    if dns == nil then
-      dns = url:gsub("/+$", "") .. "/pkarr"
-    end
-    if dns ~= "none" then
-      local ok, pub = pcall(require("tunnel.discovery").publisher, {
-        url = dns, secret = secret, relay_urls = opts.relay_urls, proxy = opts.socks5_proxy,
-        cafile = opts.relay_cafile,
-      })
-      local perr = not ok and pub or nil
-      if ok then
-        self.publisher = pub
-        self.discovery_url = dns
-      else
-        log.warn("discovery not started: %s", tostring(perr))
-      end
-    end
+    self.relay_urls = opts.relay_urls
   end
   local ip, port = srv:local_addr()
   self.address_text, self.port = ip, port
+  local addrs = direct_addrs(hp.host, port)
+  publish(self, secret, opts, addrs)
   if opts.lan_announce then
-    announce_lan(self, secret, hp.host, port)
+    announce_lan(self, secret, addrs)
   end
   return self
 end

@@ -190,13 +190,19 @@ function M.run(args)
       host.stop(1)
       return
     end
-    if not rec.relays or #rec.relays == 0 then
-      io.stderr:write("tunnel: the server's discovery record names no relay (it has no " ..
-        "--relay-url?)\n")
+    if (not rec.relays or #rec.relays == 0) and (not rec.addrs or #rec.addrs == 0) then
+      io.stderr:write("tunnel: the server's discovery record names no relay and no address " ..
+        "(it has no --relay-url?)\n")
       host.stop(1)
       return
     end
-    log.info("found %s: relay %s", s.server_node_id, rec.relays[1])
+    if #rec.relays > 0 then
+      -- Through the relay at once; hole punching finds the direct path if there is one.
+      log.info("found %s: relay %s", s.server_node_id, rec.relays[1])
+    else
+      direct = rec.addrs[1]
+      log.info("found %s at %s", s.server_node_id, direct)
+    end
     local c, cerr = start(rec.relays)
     if not c then
       io.stderr:write("tunnel: ", cerr, "\n")
