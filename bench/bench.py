@@ -15,6 +15,18 @@ Load generators (run in the "client side" namespace, print one JSON line on stdo
   bench.py hold ADDR:PORT N                 open N connections to an echo, check each with one
                                             byte, print {"ready": N}, keep them open until
                                             killed (at most 10 minutes)
+  bench.py http-ping ADDR:PORT COUNT        COUNT `GET /ping` requests to a relay, one TCP
+                                            connection each: TCP connect time (one RTT) and
+                                            request time (connect + GET + answer), medians in ms
+  bench.py relay-metrics ADDR:PORT          the relay's /metrics counters as one JSON object
+  bench.py first-byte ADDR:PORT SECONDS DIRECT_SECONDS -- CMD...
+                                            start CMD (a tunnel client forwarding ADDR:PORT to
+                                            an echo), connect to ADDR:PORT as soon as it accepts,
+                                            send one byte: ms from the start of CMD to its echo;
+                                            also when CMD's log said "relay ... connected",
+                                            "connected to" (session up) and "path: relay ->
+                                            direct" (waits up to DIRECT_SECONDS for that line);
+                                            then stops CMD (SIGTERM)
 A one-line human summary of each result goes to stderr.
 Misc:
   bench.py wait-port ADDR:PORT SECONDS      exit 0 once a TCP connect succeeds, 1 on timeout
@@ -446,6 +458,136 @@ def gen_hold(addr, n):
         c.close()
 
 
+def http_ping(addr, count):
+    conns, reqs = [], []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        c = socket.create_connection(addr, timeout=10.0)
+        t1 = time.perf_counter()
+        c.settimeout(10.0)
+        c.sendall(b"GET /ping HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (addr[0].encode(), addr[1]))
+        got = b""
+        while b"pong" not in got:
+            d = c.recv(4096)
+            if not d:
+                break
+            got += d
+        t2 = time.perf_counter()
+        c.close()
+        if b"pong" not in got:
+            die("no pong from %s:%d: %r" % (addr[0], addr[1], got[:80]))
+        conns.append((t1 - t0) * 1000)
+        reqs.append((t2 - t0) * 1000)
+        time.sleep(0.01)
+    res = {"count": count, "connect_ms": sorted(conns)[count // 2],
+           "request_ms": sorted(reqs)[count // 2], "request_min_ms": min(reqs)}
+    print(json.dumps(res))
+    sys.stderr.write("TCP connect %.2f ms, GET /ping %.2f ms (medians)\n"
+                     % (res["connect_ms"], res["request_ms"]))
+
+
+def relay_metrics(addr):
+    c = socket.create_connection(addr, timeout=10.0)
+    c.settimeout(10.0)
+    c.sendall(b"GET /metrics HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (addr[0].encode(), addr[1]))
+    got = b""
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        got += d
+    c.close()
+    out = {}
+    for line in got.decode(errors="replace").split("\r\n\r\n", 1)[-1].splitlines():
+        if line.startswith("tunnel_relay_"):
+            k, _, v = line.partition(" ")
+            try:
+                out[k[len("tunnel_relay_"):]] = float(v)
+            except ValueError:
+                pass
+    print(json.dumps(out))
+
+
+def first_byte(addr, seconds, direct_seconds, cmd):
+    import re
+    import subprocess
+    import threading
+    marks = {}
+    info = {}
+    pats = [("relay_ms", re.compile(r"relay \S+: connected")),
+            ("session_ms", re.compile(r"connected to .*\((relayed|direct), rtt ([0-9.]+) ms.*"
+                                      r"ready after ([0-9.]+) ms")),
+            ("direct_ms", re.compile(r"path: relay -> direct (\S+), rtt ([0-9.]+) ms"))]
+    log = []
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+    def reader():
+        for raw in proc.stderr:
+            now = (time.perf_counter() - t0) * 1000
+            line = raw.decode(errors="replace").rstrip()
+            log.append(line)
+            for key, rx in pats:
+                m = rx.search(line)
+                if m and key not in marks:
+                    marks[key] = now
+                    if key == "session_ms":
+                        info["session_path"] = m.group(1)
+                        info["session_rtt_ms"] = float(m.group(2))
+                        info["ready_after_ms"] = float(m.group(3))
+                    elif key == "direct_ms":
+                        info["direct_addr"] = m.group(1)
+                        info["direct_rtt_ms"] = float(m.group(2))
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    end = t0 + seconds
+    first = None
+    try:
+        while time.perf_counter() < end and first is None:
+            if proc.poll() is not None:
+                raise OSError("the client exited (%s): %s" % (proc.returncode, log[-3:]))
+            try:
+                c = socket.create_connection(addr, timeout=1.0)
+            except OSError:
+                time.sleep(0.001)
+                continue
+            t_conn = (time.perf_counter() - t0) * 1000
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c.settimeout(max(0.1, end - time.perf_counter()))
+            try:
+                c.sendall(b"x")
+                d = c.recv(1)
+            except OSError:
+                d = b""
+            c.close()
+            if d == b"x":
+                first = (time.perf_counter() - t0) * 1000
+                info["accept_ms"] = t_conn
+        if first is None:
+            raise OSError("no echo through the forward within %.0f s; log: %s"
+                          % (seconds, log[-3:]))
+        dend = time.perf_counter() + direct_seconds
+        while direct_seconds > 0 and "direct_ms" not in marks and time.perf_counter() < dend:
+            time.sleep(0.005)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        th.join(timeout=2)
+    res = {"first_byte_ms": first}
+    res.update(marks)
+    res.update(info)
+    print(json.dumps(res))
+    sys.stderr.write("first byte %.1f ms (relay connected %s, session up %s, direct %s ms)\n"
+                     % (first, *("%.1f" % marks[k] if k in marks else "-"
+                                 for k in ("relay_ms", "session_ms", "direct_ms"))))
+
+
 def wait_port(addr, seconds):
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -552,6 +694,14 @@ def main(argv):
                     int(args[3]) if len(args) > 3 else 1200)
         elif cmd == "hold":
             gen_hold(hostport(args[0]), int(args[1]))
+        elif cmd == "http-ping":
+            http_ping(hostport(args[0]), int(args[1]))
+        elif cmd == "relay-metrics":
+            relay_metrics(hostport(args[0]))
+        elif cmd == "first-byte":
+            if len(args) < 5 or args[3] != "--":
+                die("usage: first-byte ADDR:PORT SECONDS DIRECT_SECONDS -- CMD...")
+            first_byte(hostport(args[0]), float(args[1]), float(args[2]), args[4:])
         elif cmd == "wait-port":
             sys.exit(wait_port(hostport(args[0]), float(args[1])))
         elif cmd == "snap":

@@ -9,11 +9,16 @@
 #                                before measuring (default: warn and go on)
 #   --nice N                     run everything at nice level N (e.g. -20 on a machine that
 #                                other jobs keep busy; default: unchanged)
+#   --iroh-only                  only the iroh-mode section (relay, first byte, time to direct,
+#                                relayed vs direct throughput, relay CPU; bench/iroh.sh)
+#   --no-iroh                    only the classic side-by-side comparison
 #
 # Two network namespaces joined by a veth pair: "srv" (10.99.0.1) runs the target services,
 # sshd, `tunnel server` and socat's listener; "cli" (10.99.0.2) runs `tunnel client`, `ssh -L`,
 # the client-side socat and the load generators (bench/bench.py). Nothing leaves those
-# namespaces. The binary is build/tunnel, or $TUNNEL; this script builds nothing.
+# namespaces. The iroh section (bench/iroh.sh) adds "rly" (`tunnel relay`, with a veth to each
+# side) and "one" (loopback only). The binary is build/tunnel, or $TUNNEL; this script builds
+# nothing.
 # Results: a Markdown table on stdout and in bench/results/<date>.md. See docs/benchmarks.md.
 # PID_<name> variables are assigned by start() through printf -v.
 # shellcheck disable=SC2154
@@ -24,10 +29,12 @@ repo=$(cd "$here/.." && pwd)
 
 QUICK=0
 PROFILE=0
+CLASSIC=1
+IROH=1
 WAIT_IDLE=0
 NICE=""
 usage() {
-    sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 ARGS="$*"
 ORIG_ARGS=("$@")
@@ -35,6 +42,8 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --quick) QUICK=1 ;;
     --profile) PROFILE=1 ;;
+    --iroh-only) CLASSIC=0; IROH=1 ;;
+    --no-iroh) CLASSIC=1; IROH=0 ;;
     --wait-idle)
         [ $# -ge 2 ] && [ "$2" -ge 0 ] 2>/dev/null ||
             { echo "bench/run.sh: --wait-idle needs a number of seconds" >&2; exit 2; }
@@ -310,6 +319,8 @@ record() { # kind path json [extra json fields...]; adds the last generator's ot
 
 STEP=0
 TOTAL_STEPS=0
+# iroh section (bench/iroh.sh): relay RTT, 3 first-byte variants, 4 paths x RUNS, profile
+[ $IROH = 1 ] && TOTAL_STEPS=$((4 + 4 * RUNS + PROFILE))
 progress() { STEP=$((STEP + 1)); printf '[%d/%d] %s ... ' "$STEP" "$TOTAL_STEPS" "$*"; }
 
 # gen NS SECONDS WHAT args...: run a load generator; its JSON line on stdout, summary shown.
@@ -360,6 +371,7 @@ if [ "$busy" -gt 20 ]; then
     say "         help)."
 fi
 BUSY_BEFORE=$busy
+RUN_DATE=$(date -u '+%Y-%m-%d %H:%M UTC') # when the measurements start
 
 # ----------------------------------------------------------------------------- network
 say "== tunnel benchmark ($( [ $QUICK = 1 ] && echo quick || echo full ) run), work dir $work"
@@ -377,6 +389,41 @@ ip -n "$NS_C" link set "$VETH_C" up
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 say "namespaces $NS_S ($SRV_IP) and $NS_C ($CLI_IP), veth $VETH_S/$VETH_C, open files $(ulimit -n)"
 
+meta() { # key=value lines describing the machine and the run, for report.py
+    echo "date=$RUN_DATE"
+    echo "quick=$QUICK"
+    echo "runs=$RUNS"
+    echo "tput_bytes=$TPUT_BYTES"
+    echo "ping_count=$PING_COUNT"
+    echo "udp_seconds=$UDP_SECONDS"
+    echo "hold_conns=$HOLD_CONNS"
+    echo "nproc=$(nproc)"
+    echo "cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+    echo "kernel=$(uname -r)"
+    echo "os=$(. /etc/os-release && echo "$PRETTY_NAME")"
+    echo "mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+    echo "tunnel=$("$TUN" --version 2>&1 | head -1)"
+    echo "build_type=$BUILD_TYPE"
+    echo "binary=$TUNNEL_SRC"
+    local git dirty=""
+    git=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    [ -n "$(git -C "$repo" status --porcelain -- src lua CMakeLists.txt 2>/dev/null)" ] &&
+        dirty=" + uncommitted changes"
+    # Only describes the binary when it is this checkout's build/tunnel.
+    if [ -z "${TUNNEL:-}" ]; then
+        echo "tunnel_git=$git$dirty"
+    else # another binary: the caller may say what it is
+        echo "tunnel_git=${TUNNEL_REV:-?}"
+    fi
+    echo "ssh=$(ssh -V 2>&1)"
+    echo "socat=$(socat -V 2>/dev/null | sed -n 's/^socat version \([^ ]*\).*/\1/p')"
+    echo "python=$("$PY" -c 'import platform; print(platform.python_version())')"
+    echo "ssh_cipher=$SSH_CIPHER"
+    echo "ssh_aes_cipher=$SSH_AES_CIPHER"
+    echo "profile=$PROFILE"
+    echo "busy_before=$BUSY_BEFORE"
+    echo "nice=${NICE:-0}"
+}
 # ----------------------------------------------------------------------------- services
 start sink "$NS_S" "$PY" "$here/bench.py" sink "127.0.0.1:$SINK_PORT"
 start sink-veth "$NS_S" "$PY" "$here/bench.py" sink "$SRV_IP:$SINK_PORT"
@@ -385,6 +432,17 @@ start echo-veth "$NS_S" "$PY" "$here/bench.py" echo "$SRV_IP:$ECHO_PORT"
 start udp "$NS_S" "$PY" "$here/bench.py" udp-sink "0.0.0.0:$UDP_PORT"
 for s in sink sink-veth echo echo-veth udp; do wait_line "$s" listening 10 "target service $s"; done
 
+# tunnel server keys and token (classic and iroh sections)
+"$TUN" generate-server-key --output "$work/server.key" >/dev/null ||
+    die "tunnel generate-server-key failed"
+TOKEN=$("$TUN" generate-token) || die "tunnel generate-token failed"
+export XDG_RUNTIME_DIR="$work/run"
+mkdir -m 700 "$XDG_RUNTIME_DIR"
+SSH_CIPHER="" SSH_AES_CIPHER=""
+: >"$work/meta-extra.txt" # key=value lines added by the sections; meta.txt is written last
+
+# The classic side-by-side comparison (skipped by --iroh-only); not re-indented, it is long.
+if [ $CLASSIC = 1 ]; then
 # sshd: temp host key and authorized key, no system config (-f /dev/null), own pid file.
 ssh-keygen -q -t ed25519 -N '' -C tunnel-bench-host -f "$work/ssh_host_key"
 ssh-keygen -q -t ed25519 -N '' -C tunnel-bench-client -f "$work/id_ed25519"
@@ -408,11 +466,6 @@ start sshd "$NS_S" "$SSHD" -D -e -f /dev/null -p "$SSHD_PORT" -h "$work/ssh_host
 wait_line sshd "Server listening" 10 "sshd on $SRV_IP:$SSHD_PORT"
 
 # tunnel server
-"$TUN" generate-server-key --output "$work/server.key" >/dev/null ||
-    die "tunnel generate-server-key failed"
-TOKEN=$("$TUN" generate-token) || die "tunnel generate-token failed"
-export XDG_RUNTIME_DIR="$work/run"
-mkdir -m 700 "$XDG_RUNTIME_DIR"
 start tserver "$NS_S" "$TUN" --name "$tag-server" server --listen "$SRV_IP:$TUN_PORT" \
     --secret-file "$work/server.key" \
     --auth-tokens "$TOKEN" --allowed-tcp 127.0.0.0/8 --allowed-udp 127.0.0.0/8 --max-sessions 0
@@ -500,50 +553,13 @@ PATHS=(
 )
 n_paths=${#PATHS[@]}
 n_rates=$(echo "$UDP_RATES" | wc -w)
-TOTAL_STEPS=$((2 + n_paths + n_paths * RUNS + 2 * n_rates + PROFILE))
+TOTAL_STEPS=$((TOTAL_STEPS + 2 + n_paths + n_paths * RUNS + 2 * n_rates + PROFILE))
 
 relay_pids() { # "VAR VAR": their values
     local v out=""
     for v in $1; do out="$out ${!v}"; done
     echo "${out# }"
 }
-
-meta() { # key=value lines describing the machine and the run, for report.py
-    echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo "quick=$QUICK"
-    echo "runs=$RUNS"
-    echo "tput_bytes=$TPUT_BYTES"
-    echo "ping_count=$PING_COUNT"
-    echo "udp_seconds=$UDP_SECONDS"
-    echo "hold_conns=$HOLD_CONNS"
-    echo "nproc=$(nproc)"
-    echo "cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
-    echo "kernel=$(uname -r)"
-    echo "os=$(. /etc/os-release && echo "$PRETTY_NAME")"
-    echo "mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
-    echo "tunnel=$("$TUN" --version 2>&1 | head -1)"
-    echo "build_type=$BUILD_TYPE"
-    echo "binary=$TUNNEL_SRC"
-    local git dirty=""
-    git=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
-    [ -n "$(git -C "$repo" status --porcelain -- src lua CMakeLists.txt 2>/dev/null)" ] &&
-        dirty=" + uncommitted changes"
-    # Only describes the binary when it is this checkout's build/tunnel.
-    if [ -z "${TUNNEL:-}" ]; then
-        echo "tunnel_git=$git$dirty"
-    else # another binary: the caller may say what it is
-        echo "tunnel_git=${TUNNEL_REV:-?}"
-    fi
-    echo "ssh=$(ssh -V 2>&1)"
-    echo "socat=$(socat -V 2>/dev/null | sed -n 's/^socat version \([^ ]*\).*/\1/p')"
-    echo "python=$("$PY" -c 'import platform; print(platform.python_version())')"
-    echo "ssh_cipher=$SSH_CIPHER"
-    echo "ssh_aes_cipher=$SSH_AES_CIPHER"
-    echo "profile=$PROFILE"
-    echo "busy_before=$BUSY_BEFORE"
-    echo "nice=${NICE:-0}"
-}
-meta >"$work/meta.txt"
 
 # ----------------------------------------------------------------------------- memory
 rss_report() { # label: RSS of tunnel server and client into results
@@ -712,15 +728,24 @@ for who in tclient tserver; do
     esac
 done
 SHUTDOWN=${SHUTDOWN# }
-echo "shutdown=${SHUTDOWN// /, }" >>"$work/meta.txt"
+echo "shutdown=${SHUTDOWN// /, }" >>"$work/meta-extra.txt"
+fi # CLASSIC
+
+# ----------------------------------------------------------------------------- iroh mode
+if [ $IROH = 1 ]; then
+    # shellcheck source=bench/iroh.sh
+    . "$here/iroh.sh"
+fi
 
 mkdir -p "$here/results"
 stamp=$(date '+%Y-%m-%d-%H%M%S')
 out="$here/results/$stamp.md"
+{ meta; cat "$work/meta-extra.txt"; } >"$work/meta.txt"
 "$PY" "$here/report.py" "$work/meta.txt" "$RESULTS" "$work" >"$work/report.md" ||
     die "report generation failed (raw results: $RESULTS)"
 { echo "# tunnel benchmark"; echo; cat "$work/report.md"; } >"$out"
 cp "$RESULTS" "$here/results/$stamp.jsonl"
+cp "$work/meta.txt" "$here/results/$stamp.meta" # report.py META JSONL regenerates the tables
 echo
 cat "$work/report.md"
 echo
