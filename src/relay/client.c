@@ -24,6 +24,7 @@ struct cpoll {
     struct tun_relay_client *c;
     curl_socket_t fd;
     int curl_events; /* UV_READABLE/UV_WRITABLE curl asked for */
+    int armed;       /* events the poll is started with (re-arming costs an epoll_ctl) */
     struct cpoll *next;
 };
 
@@ -39,6 +40,10 @@ struct tun_relay_client {
     CURL *easy;
     uv_timer_t curl_timer; /* curl's timeouts */
     uv_timer_t timer;      /* backoff, auth deadline, pings and liveness */
+    uv_check_t flusher;    /* sends what the loop turn queued in one go */
+    int flush_armed;
+    uint8_t rnd[256]; /* randomness for frame masks, drawn 256 bytes at a time */
+    size_t rnd_off;
     struct cpoll *polls;
     struct cpoll *data; /* the connection's socket once connected */
     int state, upgraded, closing, handles;
@@ -145,6 +150,9 @@ static void update_poll(struct tun_relay_client *c, struct cpoll *p)
         if (c->wlen > c->woff)
             ev |= UV_WRITABLE;
     }
+    if (ev == p->armed)
+        return;
+    p->armed = ev;
     if (ev)
         uv_poll_start(&p->poll, ev, poll_cb);
     else
@@ -230,7 +238,13 @@ static void ws_commit(struct tun_relay_client *c, int opcode, size_t len)
 {
     uint8_t mask[4];
     uint8_t hdr[TUN_WS_MAX_HEADER];
-    randombytes_buf(mask, sizeof(mask));
+    /* One getrandom per 64 frames instead of one per frame. */
+    if (c->rnd_off + sizeof(mask) > sizeof(c->rnd)) {
+        randombytes_buf(c->rnd, sizeof(c->rnd));
+        c->rnd_off = 0;
+    }
+    memcpy(mask, c->rnd + c->rnd_off, sizeof(mask));
+    c->rnd_off += sizeof(mask);
     int hl = tun_ws_header_encode(hdr, 1, opcode, len, mask);
     uint8_t *payload = c->wbuf + c->wlen + TUN_WS_MAX_HEADER;
     tun_ws_mask(payload, len, mask, 0);
@@ -763,10 +777,21 @@ int tun_relay_client_new(uv_loop_t *loop, const struct tun_relay_client_cfg *cfg
     curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
     uv_timer_init(loop, &c->curl_timer);
     uv_timer_init(loop, &c->timer);
-    c->curl_timer.data = c->timer.data = c;
+    uv_check_init(loop, &c->flusher);
+    c->curl_timer.data = c->timer.data = c->flusher.data = c;
+    c->rnd_off = sizeof(c->rnd);
     start_attempt(c);
     *out = c;
     return 0;
+}
+
+static void flusher_cb(uv_check_t *h)
+{
+    struct tun_relay_client *c = h->data;
+    uv_check_stop(h);
+    c->flush_armed = 0;
+    if (!c->closing && c->easy)
+        flush(c);
 }
 
 int tun_relay_client_send(struct tun_relay_client *c, const uint8_t dst[32], const uint8_t *data,
@@ -784,7 +809,12 @@ int tun_relay_client_send(struct tun_relay_client *c, const uint8_t dst[32], con
     ws_commit(c, TUN_WS_BINARY, TUN_RELAY_DATAGRAM_HEADER + len);
     c->st.tx_datagrams++;
     c->st.tx_bytes += len;
-    flush(c);
+    /* The QUIC layer writes its packets in bursts: send the burst with one call, at the end of
+     * this loop turn, rather than one system call per packet. */
+    if (!c->flush_armed) {
+        c->flush_armed = 1;
+        uv_check_start(&c->flusher, flusher_cb);
+    }
     return 0;
 }
 
@@ -815,7 +845,7 @@ void tun_relay_client_close(struct tun_relay_client *c)
     if (c->closing)
         return;
     c->closing = 1;
-    c->handles = 2; /* the two timers; each poll adds one as it closes */
+    c->handles = 3; /* two timers and the flusher; each poll adds one as it closes */
     drop_connection(c);
     curl_multi_cleanup(c->multi);
     c->multi = NULL;
@@ -830,4 +860,5 @@ void tun_relay_client_close(struct tun_relay_client *c)
     sodium_memzero(c->cfg.secret, sizeof(c->cfg.secret));
     uv_close((uv_handle_t *)&c->curl_timer, timer_closed);
     uv_close((uv_handle_t *)&c->timer, timer_closed);
+    uv_close((uv_handle_t *)&c->flusher, timer_closed);
 }
