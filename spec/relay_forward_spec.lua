@@ -110,6 +110,14 @@ describe("forwarding through a relay", function()
     assert.is_false(w.cli.done, logs())
     -- The same session (no second "forwarding" line), over a new relay connection.
     assert.equal(1, select(2, w.cli.stderr:gsub("forwarding tcp ", "")), logs())
+    -- Both rejoin the relay in the background (the session may already run direct, so the
+    -- connection above need not have waited for that).
+    local function rejoined(p2)
+      return select(2, p2.stderr:gsub("relay http[^\n]*: connected", "")) == 2
+    end
+    H.wait_until(function()
+      return rejoined(w.cli) and rejoined(w.srv)
+    end, 20)
     assert.equal(2, select(2, w.cli.stderr:gsub("relay http[^\n]*: connected", "")), logs())
     assert.equal(2, select(2, w.srv.stderr:gsub("relay http[^\n]*: connected", "")), logs())
   end)
