@@ -19,6 +19,8 @@
  */
 #include "lua/modules.h"
 
+#include "lua/opts.h"
+
 #include "discovery/client.h"
 #include "host/host.h"
 #include "lua/state.h"
@@ -251,23 +253,6 @@ static const char *const client_keys[] = {
 
 static const char *const record_keys[] = {"relays", "addrs", "ttl", NULL};
 
-static void check_keys(lua_State *L, int t, const char *const *known, const char *what)
-{
-    lua_pushnil(L);
-    while (lua_next(L, t)) {
-        lua_pop(L, 1);
-        int ok = 0;
-        if (lua_type(L, -1) == LUA_TSTRING)
-            for (const char *const *k = known; *k && !ok; k++)
-                ok = strcmp(*k, lua_tostring(L, -1)) == 0;
-        if (!ok) {
-            if (lua_type(L, -1) == LUA_TSTRING)
-                luaL_error(L, "unknown %s '%s'", what, lua_tostring(L, -1));
-            luaL_error(L, "%s names must be strings, got a %s", what, luaL_typename(L, -1));
-        }
-    }
-}
-
 static uint32_t opt_uint(lua_State *L, int t, const char *k, uint32_t max)
 {
     lua_getfield(L, t, k);
@@ -297,49 +282,11 @@ static const char *opt_str(lua_State *L, int t, const char *k)
     return s;
 }
 
-/* "1.2.3.4:5" or "[::1]:5" -> *ss. Returns 0 or -1. */
-static int parse_hostport(const char *s, struct sockaddr_storage *ss)
-{
-    char ip[ADDR_MAX];
-    const char *colon;
-    size_t iplen;
-    memset(ss, 0, sizeof(*ss));
-    if (s[0] == '[') {
-        const char *end = strchr(s, ']');
-        if (!end || end[1] != ':')
-            return -1;
-        iplen = (size_t)(end - s - 1);
-        s++;
-        colon = end + 1;
-    } else {
-        colon = strrchr(s, ':');
-        if (!colon || memchr(s, ':', (size_t)(colon - s)))
-            return -1;
-        iplen = (size_t)(colon - s);
-    }
-    if (iplen == 0 || iplen >= sizeof(ip))
-        return -1;
-    memcpy(ip, s, iplen);
-    ip[iplen] = '\0';
-    const char *digits = colon + 1;
-    if (*digits < '1' || *digits > '9')
-        return -1;
-    char *end;
-    unsigned long port = strtoul(digits, &end, 10);
-    if (*end || port == 0 || port > 65535)
-        return -1;
-    if (uv_ip4_addr(ip, (int)port, (struct sockaddr_in *)ss) == 0)
-        return 0;
-    if (uv_ip6_addr(ip, (int)port, (struct sockaddr_in6 *)ss) == 0 && !strchr(ip, '%'))
-        return 0;
-    return -1;
-}
-
 /* The record table at index t -> *r. Raises on misuse. */
 static void get_record(lua_State *L, int t, struct tun_pkarr_record *r)
 {
     luaL_checktype(L, t, LUA_TTABLE);
-    check_keys(L, t, record_keys, "record field");
+    tun_lua_check_keys(L, t, record_keys, "record field");
     memset(r, 0, sizeof(*r));
     r->ttl = TUN_PKARR_DEFAULT_TTL;
     lua_getfield(L, t, "ttl");
@@ -383,7 +330,7 @@ static void get_record(lua_State *L, int t, struct tun_pkarr_record *r)
         for (size_t i = 0; i < n; i++) {
             lua_rawgeti(L, -1, (int)i + 1);
             if (lua_type(L, -1) != LUA_TSTRING ||
-                parse_hostport(lua_tostring(L, -1), &r->addrs[i]) != 0)
+                tun_sockaddr_parse(lua_tostring(L, -1), &r->addrs[i], 0) != 0)
                 luaL_error(L,
                            "addrs[%d] must be a numeric address with a port (192.0.2.7:41641 "
                            "or [2001:db8::1]:41641)",
@@ -411,7 +358,7 @@ static int l_client(lua_State *L)
     if (lua_isnoneornil(L, 1))
         lua_newtable(L);
     luaL_checktype(L, 1, LUA_TTABLE);
-    check_keys(L, 1, client_keys, "option");
+    tun_lua_check_keys(L, 1, client_keys, "option");
     struct tun_disc_client_cfg cfg = {
         .proxy = opt_str(L, 1, "proxy"),
         .cafile = opt_str(L, 1, "cafile"),

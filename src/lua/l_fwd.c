@@ -513,18 +513,6 @@ static int opt_field(lua_State *L, int t, const char *k)
     return !lua_isnil(L, -1);
 }
 
-/* IPv4 or IPv6 text and a port; 0 or TUN_EINVAL (no Lua error). */
-static int parse_addr_quiet(const char *ip, int port, struct sockaddr_storage *ss)
-{
-    memset(ss, 0, sizeof(*ss));
-    if (port < 1 || port > 65535)
-        return TUN_EINVAL;
-    if (uv_ip4_addr(ip, port, (struct sockaddr_in *)ss) == 0 ||
-        uv_ip6_addr(ip, port, (struct sockaddr_in6 *)ss) == 0)
-        return 0;
-    return TUN_EINVAL;
-}
-
 static int parse_addr(lua_State *L, const char *ip, int port, struct sockaddr_storage *ss)
 {
     memset(ss, 0, sizeof(*ss));
@@ -978,10 +966,7 @@ static int l_obj_relay(lua_State *L)
             lua_pop(L, 1);
             if (!st)
                 break;
-            char ip[64];
-            int port;
-            if (sscanf(st, "%63[^:]:%d", ip, &port) == 2 &&
-                parse_addr_quiet(ip, port, &hcfg.stun[hcfg.n_stun]) == 0)
+            if (tun_sockaddr_parse(st, &hcfg.stun[hcfg.n_stun], 0) == 0)
                 hcfg.n_stun++;
         }
     }

@@ -331,42 +331,6 @@ static uint32_t opt_u32(lua_State *L, int t, const char *k)
     return v;
 }
 
-static int parse_ip_port(const char *s, struct sockaddr_storage *ss)
-{
-    /* "1.2.3.4:5" or "[::1]:5" */
-    char host[64];
-    const char *colon;
-    const char *h = s;
-    size_t hl;
-    memset(ss, 0, sizeof(*ss));
-    if (*s == '[') {
-        const char *e = strchr(s, ']');
-        if (!e || e[1] != ':')
-            return TUN_EFORMAT;
-        h = s + 1;
-        hl = (size_t)(e - h);
-        colon = e + 1;
-    } else {
-        colon = strrchr(s, ':');
-        if (!colon)
-            return TUN_EFORMAT;
-        hl = (size_t)(colon - s);
-    }
-    if (hl == 0 || hl >= sizeof(host))
-        return TUN_EFORMAT;
-    memcpy(host, h, hl);
-    host[hl] = '\0';
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end || port < 1 || port > 65535)
-        return TUN_EFORMAT;
-    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0)
-        return 0;
-    if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss) == 0)
-        return 0;
-    return TUN_EFORMAT;
-}
-
 /* Host candidates: the addresses given, or every usable interface address. */
 static void add_hosts(lua_State *L, struct tun_ice_agent *a, int opts, const struct sockaddr *base)
 {
@@ -482,7 +446,7 @@ static int l_ice_new(lua_State *L)
             }
             if (nstun == TUN_ICE_MAX_STUN)
                 luaL_error(L, "at most %d STUN servers", TUN_ICE_MAX_STUN);
-            if (parse_ip_port(s, &stun[nstun]) != 0)
+            if (tun_sockaddr_parse(s, &stun[nstun], 0) != 0)
                 luaL_error(L, "stun[%d]: '%s' is not IP:PORT", i, s);
             nstun++;
             lua_pop(L, 1);

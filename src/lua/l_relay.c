@@ -13,6 +13,8 @@
  */
 #include "lua/modules.h"
 
+#include "lua/opts.h"
+
 #include "host/host.h"
 #include "relay/server.h"
 #include "util/error.h"
@@ -92,61 +94,6 @@ static const char *const server_keys[] = {
     "http_timeout_ms", "ping_ms",     "dead_ms",        NULL,
 };
 
-static void check_keys(lua_State *L, int t, const char *const *known)
-{
-    lua_pushnil(L);
-    while (lua_next(L, t)) {
-        lua_pop(L, 1);
-        int ok = 0;
-        if (lua_type(L, -1) == LUA_TSTRING)
-            for (const char *const *k = known; *k && !ok; k++)
-                ok = strcmp(*k, lua_tostring(L, -1)) == 0;
-        if (!ok) {
-            if (lua_type(L, -1) == LUA_TSTRING)
-                luaL_error(L, "unknown option '%s'", lua_tostring(L, -1));
-            luaL_error(L, "option names must be strings, got a %s", luaL_typename(L, -1));
-        }
-    }
-}
-
-/* "1.2.3.4:5" or "[::1]:5" -> *ss. Returns 0 or -1. */
-static int parse_hostport(const char *s, struct sockaddr_storage *ss)
-{
-    char ip[ADDR_MAX];
-    const char *colon;
-    size_t iplen;
-    memset(ss, 0, sizeof(*ss));
-    if (s[0] == '[') {
-        const char *end = strchr(s, ']');
-        if (!end || end[1] != ':')
-            return -1;
-        iplen = (size_t)(end - s - 1);
-        s++;
-        colon = end + 1;
-    } else {
-        colon = strrchr(s, ':');
-        if (!colon || memchr(s, ':', (size_t)(colon - s)))
-            return -1;
-        iplen = (size_t)(colon - s);
-    }
-    if (iplen == 0 || iplen >= sizeof(ip))
-        return -1;
-    memcpy(ip, s, iplen);
-    ip[iplen] = '\0';
-    char *end;
-    const char *digits = colon + 1;
-    if (*digits < '0' || *digits > '9')
-        return -1;
-    unsigned long port = strtoul(digits, &end, 10);
-    if (*end || port > 65535)
-        return -1;
-    if (uv_ip4_addr(ip, (int)port, (struct sockaddr_in *)ss) == 0)
-        return 0;
-    if (uv_ip6_addr(ip, (int)port, (struct sockaddr_in6 *)ss) == 0)
-        return 0;
-    return -1;
-}
-
 /* Optional "ip:port" option; 1 when present. */
 static int opt_addr(lua_State *L, int t, const char *k, struct sockaddr_storage *ss)
 {
@@ -155,7 +102,7 @@ static int opt_addr(lua_State *L, int t, const char *k, struct sockaddr_storage 
         lua_pop(L, 1);
         return 0;
     }
-    if (lua_type(L, -1) != LUA_TSTRING || parse_hostport(lua_tostring(L, -1), ss) != 0)
+    if (lua_type(L, -1) != LUA_TSTRING || tun_sockaddr_parse(lua_tostring(L, -1), ss, 1) != 0)
         luaL_error(L,
                    "option '%s' must be a numeric address with a port (0.0.0.0:3340 or "
                    "[::]:3340)",
@@ -214,7 +161,7 @@ static size_t opt_list_len(lua_State *L, int t, const char *k)
 static int l_server(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
-    check_keys(L, 1, server_keys);
+    tun_lua_check_keys(L, 1, server_keys, "option");
     struct sockaddr_storage listen_ss, stun_ss;
     if (!opt_addr(L, 1, "listen", &listen_ss))
         return luaL_error(L, "option 'listen' is required");

@@ -9,6 +9,8 @@
  */
 #include "lua/modules.h"
 
+#include "lua/opts.h"
+
 #include "host/host.h"
 #include "ice/stun_client.h"
 #include "ice/stun_server.h"
@@ -167,65 +169,9 @@ static struct sobj *new_obj(lua_State *L, int is_server)
 
 /* ---- options --------------------------------------------------------------------------------- */
 
-/* Refuse keys of option table `t` that are not in `known`. */
-static void check_keys(lua_State *L, int t, const char *const *known)
-{
-    lua_pushnil(L);
-    while (lua_next(L, t)) {
-        lua_pop(L, 1);
-        int ok = 0;
-        if (lua_type(L, -1) == LUA_TSTRING)
-            for (const char *const *k = known; *k && !ok; k++)
-                ok = strcmp(*k, lua_tostring(L, -1)) == 0;
-        if (!ok) {
-            if (lua_type(L, -1) == LUA_TSTRING)
-                luaL_error(L, "unknown option '%s'", lua_tostring(L, -1));
-            luaL_error(L, "option names must be strings, got a %s", luaL_typename(L, -1));
-        }
-    }
-}
-
-/* "1.2.3.4:5" or "[::1]:5" -> *ss. Returns 0 or -1. */
-static int parse_hostport(const char *s, struct sockaddr_storage *ss)
-{
-    char ip[ADDR_MAX];
-    const char *colon;
-    size_t iplen;
-    memset(ss, 0, sizeof(*ss));
-    if (s[0] == '[') {
-        const char *end = strchr(s, ']');
-        if (!end || end[1] != ':')
-            return -1;
-        iplen = (size_t)(end - s - 1);
-        s++;
-        colon = end + 1;
-    } else {
-        colon = strrchr(s, ':');
-        if (!colon || memchr(s, ':', (size_t)(colon - s)))
-            return -1; /* no port, or a bare IPv6 address */
-        iplen = (size_t)(colon - s);
-    }
-    if (iplen == 0 || iplen >= sizeof(ip))
-        return -1;
-    memcpy(ip, s, iplen);
-    ip[iplen] = '\0';
-    char *end;
-    const char *digits = colon + 1;
-    if (*digits < '0' || *digits > '9')
-        return -1;
-    unsigned long port = strtoul(digits, &end, 10);
-    if (*end || port > 65535)
-        return -1;
-    if (uv_ip4_addr(ip, (int)port, (struct sockaddr_in *)ss) == 0)
-        return 0;
-    if (uv_ip6_addr(ip, (int)port, (struct sockaddr_in6 *)ss) == 0)
-        return 0;
-    return -1;
-}
-
 static void check_addr(lua_State *L, const char *what, const char *s, struct sockaddr_storage *ss)
 {
-    if (parse_hostport(s, ss) != 0)
+    if (tun_sockaddr_parse(s, ss, 1) != 0)
         luaL_error(L,
                    "%s '%s' is not a numeric address with a port (1.2.3.4:3478 or "
                    "[2001:db8::1]:3478)",
@@ -365,7 +311,7 @@ static const char *const probe_keys[] = {"servers", "bind",       "rto_ms",  "rc
 static int l_probe(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
-    check_keys(L, 1, probe_keys);
+    tun_lua_check_keys(L, 1, probe_keys, "option");
 
     struct sockaddr_storage servers[TUN_STUN_CLIENT_MAX];
     size_t n = 0;
@@ -392,7 +338,7 @@ static int l_probe(lua_State *L)
     lua_getfield(L, 1, "bind");
     if (lua_isnil(L, -1)) {
         /* A dual-stack socket only when an IPv6 server needs one. */
-        parse_hostport(any6 ? "[::]:0" : "0.0.0.0:0", &bind_ss);
+        tun_sockaddr_parse(any6 ? "[::]:0" : "0.0.0.0:0", &bind_ss, 1);
     } else {
         if (lua_type(L, -1) != LUA_TSTRING)
             return luaL_error(L, "option 'bind' must be an \"ip:port\" string");
@@ -463,7 +409,7 @@ static const char *const server_keys[] = {"bind", NULL};
 static int l_server(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
-    check_keys(L, 1, server_keys);
+    tun_lua_check_keys(L, 1, server_keys, "option");
     lua_getfield(L, 1, "bind");
     if (lua_type(L, -1) != LUA_TSTRING)
         return luaL_error(L, "option 'bind' must be an \"ip:port\" string");

@@ -1,7 +1,10 @@
 #include "util/sockaddr.h"
 
+#include "util/error.h"
+
 #include <netinet/in.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <uv.h>
 
@@ -44,4 +47,40 @@ unsigned tun_sockaddr_port(const struct sockaddr *a)
     if (a->sa_family == AF_INET6)
         return ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
     return 0;
+}
+
+int tun_sockaddr_parse(const char *s, struct sockaddr_storage *ss, int allow_zero)
+{
+    char ip[64];
+    const char *colon;
+    size_t iplen;
+    memset(ss, 0, sizeof(*ss));
+    if (s[0] == '[') {
+        const char *end = strchr(s, ']');
+        if (!end || end[1] != ':')
+            return TUN_EFORMAT;
+        iplen = (size_t)(end - s - 1);
+        s++;
+        colon = end + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon || memchr(s, ':', (size_t)(colon - s)))
+            return TUN_EFORMAT; /* no port, or a bare IPv6 address */
+        iplen = (size_t)(colon - s);
+    }
+    if (iplen == 0 || iplen >= sizeof(ip))
+        return TUN_EFORMAT;
+    memcpy(ip, s, iplen);
+    ip[iplen] = '\0';
+    const char *digits = colon + 1;
+    if (*digits < '0' || *digits > '9')
+        return TUN_EFORMAT;
+    char *end;
+    unsigned long port = strtoul(digits, &end, 10);
+    if (*end || port > 65535 || (port == 0 && !allow_zero))
+        return TUN_EFORMAT;
+    if (uv_ip4_addr(ip, (int)port, (struct sockaddr_in *)ss) == 0 ||
+        uv_ip6_addr(ip, (int)port, (struct sockaddr_in6 *)ss) == 0)
+        return 0;
+    return TUN_EFORMAT;
 }

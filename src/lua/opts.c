@@ -1,0 +1,21 @@
+#include "lua/opts.h"
+
+#include <lauxlib.h>
+#include <string.h>
+
+void tun_lua_check_keys(lua_State *L, int t, const char *const *known, const char *what)
+{
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1);
+        int ok = 0;
+        if (lua_type(L, -1) == LUA_TSTRING)
+            for (const char *const *k = known; *k && !ok; k++)
+                ok = strcmp(*k, lua_tostring(L, -1)) == 0;
+        if (!ok) {
+            if (lua_type(L, -1) == LUA_TSTRING)
+                luaL_error(L, "unknown %s '%s'", what, lua_tostring(L, -1));
+            luaL_error(L, "%s names must be strings, got a %s", what, luaL_typename(L, -1));
+        }
+    }
+}
