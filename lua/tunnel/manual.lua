@@ -26,7 +26,7 @@ local COMMON = {
   on_connected = "function", on_failed = "function", on_closed = "function",
 }
 local CLIENT_OPTIONS = { source = "string", target = "string", on_offer = "function",
-  udp_idle_timeout = "number" }
+  on_offer_fields = "function", udp_idle_timeout = "number" }
 local SERVER_OPTIONS = { allowed_tcp = "table", allowed_udp = "table", secret = "string",
   secret_file = "string", udp_idle_timeout = "number", on_answer = "function" }
 for k, v in pairs(COMMON) do
@@ -83,7 +83,7 @@ function M.client(opts)
     source = src.text, token = keys.generate_token(), session = sigblock.new_session(),
     client_id = keys.endpoint_id(secret), on_connected = opts.on_connected,
     on_failed = opts.on_failed, on_closed = opts.on_closed, on_offer = opts.on_offer,
-    started = uv.hrtime(),
+    on_offer_fields = opts.on_offer_fields, started = uv.hrtime(),
   }, Client)
   local c, err = client_mod.new({
     deferred = true, secret = secret, token = self.token, source = src.text,
@@ -135,12 +135,18 @@ function Client:_gathered(desc)
     return self:_finish("no ICE candidates: this machine has no usable network address " ..
       "(only loopback?) and no STUN server answered")
   end
-  self.offer = sigblock.encode("offer", {
+  local fields = {
     ufrag = desc.ufrag, pwd = desc.pwd, candidates = desc.candidates, source = self.source,
     client_id = self.client_id, token = self.token, session = self.session,
-  })
+  }
   log.info("offer ready: %d candidate(s), session %s", #desc.candidates, self.session)
-  call("on_offer", self.on_offer, self.offer, self)
+  if self.on_offer_fields then
+    call("on_offer_fields", self.on_offer_fields, fields, self)
+  end
+  if self.on_offer then
+    self.offer = sigblock.encode("offer", fields)
+    call("on_offer", self.on_offer, self.offer, self)
+  end
 end
 
 --- The listen addresses: { {proto=, listen=, source=} }.
@@ -319,6 +325,14 @@ end
 -- answer block to give the client; or with a REJECT block and the reason when the server
 -- refuses the source; or with nil, an error and again = true when the paste was bad.
 function Server:offer(text, cb)
+  return self:consider(text, function(fields, err, again)
+    cb(fields and sigblock.encode(fields.kind, fields), err, again)
+  end)
+end
+
+--- Like offer, but cb gets the fields of the answer or reject (what other signaling channels,
+-- such as Nostr events, carry) instead of a block.
+function Server:consider(text, cb)
   if self.done or self.offer_fields then
     return cb(nil, self.done and "this server has finished" or "an offer was already accepted",
       false)
@@ -355,22 +369,21 @@ function Server:offer(text, cb)
         self.offer_fields = nil
         return cb(nil, "the offer is unusable: " .. ierr, true)
       end
-      local block = sigblock.encode("answer", {
-        ufrag = desc.ufrag, pwd = desc.pwd, candidates = desc.candidates,
+      local fields = {
+        kind = "answer", ufrag = desc.ufrag, pwd = desc.pwd, candidates = desc.candidates,
         server_id = self.server_id, session = o.session,
-      })
+      }
       self.answered_at = uv.hrtime()
       log.info("offer for %s accepted (session %s); answer ready", src.text, o.session)
-      call("on_answer", self.on_answer, self, block)
-      cb(block)
+      call("on_answer", self.on_answer, self, fields)
+      cb(fields)
     end)
   end)
 end
 
 function Server._reject(_, o, reason, cb)
   log.warn("offer refused: %s", reason)
-  local block = sigblock.encode("reject", { session = o.session, reason = reason:sub(1, 512) })
-  cb(block, reason, false)
+  cb({ kind = "reject", session = o.session, reason = reason:sub(1, 512) }, reason, false)
 end
 
 function Server:_auth(info)

@@ -529,11 +529,25 @@ local function decode_body(kind, b64)
       .. "END lines were edited; paste the block exactly as printed", LABEL[kind],
       ARTICLE[inner], LABEL[inner]), "mismatch"
   end
-  local name, err = validate(kind, obj)
-  if name then
+  local out, name, err = M.fields(kind, obj)
+  if not out then
     return nil, format("the %s's field '%s' %s%s", LABEL[kind], name, err, FIELD_ADVICE), "field"
   end
-  -- Unknown keys are dropped: a newer tunnel may add fields an older one can ignore.
+  return out
+end
+
+--- Check the decoded fields `obj` of an offer, answer or reject however they travelled (a
+-- pasted block, a Nostr event): returns a clean copy with `kind` set, or nil, the name of the
+-- first bad field and what is wrong with it. Unknown keys are dropped: a newer tunnel may add
+-- fields an older one can ignore.
+function M.fields(kind, obj)
+  if not LABEL[kind] then
+    error("sigblock.fields: kind must be 'offer', 'answer' or 'reject', got " .. q(kind), 2)
+  end
+  local name, err = validate(kind, obj)
+  if name then
+    return nil, name, err
+  end
   local out = { kind = kind }
   for _, f in ipairs(SCHEMA[kind]) do
     local v = obj[f.name]

@@ -62,7 +62,8 @@ local function check_args(args, role)
   return true
 end
 
-local function stun_list(args, section)
+--- The STUN servers to use: none with --no-stun, else the validated section's list.
+function M.stun_list(args, section)
   if args.no_stun then
     return {}
   end
@@ -114,17 +115,21 @@ local function read_stdin(on_text, on_eof)
   }
 end
 
-local function say(...)
+--- Progress for the user: stderr, flushed.
+function M.say(...)
   io.stderr:write(...)
   io.stderr:flush()
 end
+
+local say = M.say
 
 local function print_block(block)
   io.stdout:write(block, block:sub(-1) == "\n" and "" or "\n")
   io.stdout:flush()
 end
 
-local function register_stats(name, fn)
+--- Add a stats source to the REPL (when one is attached).
+function M.register_stats(name, fn)
   local ok, repl = pcall(require, "tunnel.repl")
   if ok then
     repl.add_stats(name, fn)
@@ -158,7 +163,7 @@ function M.client(args, settings_fn)
   end
   local stdin
   local m, merr = manual.client({
-    source = f.source, target = f.target, stun_servers = stun_list(args, s),
+    source = f.source, target = f.target, stun_servers = M.stun_list(args, s),
     hosts = args.ice_host and #args.ice_host > 0 and args.ice_host or nil,
     transport = s.transport, udp_idle_timeout = s.transport and s.transport.udp_idle_timeout,
     on_offer = function(block, self)
@@ -213,7 +218,7 @@ function M.client(args, settings_fn)
     log.info("listening on %s %s for %s", fw.proto, fw.listen or "?", fw.source)
   end
   say("Gathering network candidates...\n")
-  register_stats("client", function()
+  M.register_stats("client", function()
     return m:stats()
   end)
   return nil
@@ -229,7 +234,7 @@ function M.server(args, settings_fn)
   local stdin, reader
   local m, merr = manual.server({
     allowed_tcp = allowed.tcp or {}, allowed_udp = allowed.udp or {},
-    stun_servers = stun_list(args, s), transport = s.transport,
+    stun_servers = M.stun_list(args, s), transport = s.transport,
     hosts = args.ice_host and #args.ice_host > 0 and args.ice_host or nil,
     udp_idle_timeout = s.transport and s.transport.udp_idle_timeout,
     on_connected = function(_, info)
@@ -281,7 +286,7 @@ function M.server(args, settings_fn)
       m:_finish(false, "no offer: standard input ended" .. (e and (" (" .. e .. ")") or ""))
     end
   end)
-  register_stats("server", function()
+  M.register_stats("server", function()
     return m.server:stats()
   end)
   return nil
