@@ -23,6 +23,8 @@ function M.configure(c)
   c:command_target("mode"):require_command(false)
   require("tunnel.cmd.manual").configure(c:command("manual", "Manual mode: ICE with the " ..
     "offer and answer copied by hand."), "client")
+  require("tunnel.cmd.nostr").configure(c:command("nostr", "Nostr mode: ICE with the " ..
+    "offer and answer sent as encrypted Nostr events."), "client")
 end
 
 function M.settings(args)
@@ -69,8 +71,8 @@ function M.run(args)
   local mode = common.mode(args, "client")
   if mode == "manual" then
     return require("tunnel.cmd.manual").client(args, M.manual_settings)
-  elseif mode ~= "iroh" then
-    return fail(mode .. " mode is not available yet: use iroh or manual")
+  elseif mode == "nostr" then
+    return require("tunnel.cmd.nostr").client(args)
   end
   local s, forwards = M.settings(args)
   if not s then

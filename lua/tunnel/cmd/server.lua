@@ -27,6 +27,8 @@ function M.configure(c)
   c:command_target("mode"):require_command(false)
   require("tunnel.cmd.manual").configure(c:command("manual", "Manual mode: ICE with the " ..
     "offer and answer copied by hand (one session)."), "server")
+  require("tunnel.cmd.nostr").configure(c:command("nostr", "Nostr mode: ICE with the " ..
+    "offer and answer sent as encrypted Nostr events (many sessions)."), "server")
 end
 
 local function nonempty(list)
@@ -88,8 +90,8 @@ function M.run(args)
   local mode = common.mode(args, "server")
   if mode == "manual" then
     return require("tunnel.cmd.manual").server(args, M.manual_settings)
-  elseif mode ~= "iroh" then
-    return fail(mode .. " mode is not available yet: use iroh or manual")
+  elseif mode == "nostr" then
+    return require("tunnel.cmd.nostr").server(args)
   end
   local s, err = M.settings(args)
   if not s then
