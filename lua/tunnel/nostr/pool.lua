@@ -10,10 +10,8 @@ local ws = require "tunnel.core.ws"
 local nostr = require "tunnel.core.nostr"
 local host = require "tunnel.host"
 local log = require("tunnel.log").group("nostr")
-local cjson = require("cjson").new()
+local cjson = require "cjson"
 local uv = require "luv"
-
-cjson.encode_escape_forward_slash(false)
 
 local M = {}
 
@@ -188,11 +186,33 @@ function Pool:_closed(r, code, reason)
   end)
 end
 
+-- cjson writes an empty table as {}, and NIP-01 wants "tags": [] (relays refuse an object):
+-- events are written field by field, with tags always as arrays.
+local function event_json(ev)
+  local tags = {}
+  for i, t in ipairs(ev.tags or {}) do
+    local vals = {}
+    for j, v in ipairs(t) do
+      vals[j] = cjson.encode(tostring(v))
+    end
+    tags[i] = "[" .. table.concat(vals, ",") .. "]"
+  end
+  return string.format('{"id":%s,"pubkey":%s,"created_at":%d,"kind":%d,"tags":[%s],' ..
+    '"content":%s,"sig":%s}', cjson.encode(ev.id), cjson.encode(ev.pubkey), ev.created_at,
+    ev.kind, table.concat(tags, ","), cjson.encode(ev.content), cjson.encode(ev.sig))
+end
+
 function Pool._send(_, r, msg)
   if r.state ~= "open" or not r.conn then
     return nil, "not connected"
   end
-  return r.conn:send(cjson.encode(msg))
+  local text
+  if (msg[1] == "EVENT" or msg[1] == "AUTH") and type(msg[2]) == "table" then
+    text = "[" .. cjson.encode(msg[1]) .. "," .. event_json(msg[2]) .. "]"
+  else
+    text = cjson.encode(msg)
+  end
+  return r.conn:send(text)
 end
 
 ---------------------------------------------------------------------------------------------------
