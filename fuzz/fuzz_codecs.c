@@ -13,6 +13,7 @@
 #include "identity/identity.h"
 #include "nostr/keys.h"
 #include "util/base32.h"
+#include "util/base64.h"
 #include "util/bech32.h"
 #include "util/error.h"
 #include "util/token.h"
@@ -50,6 +51,19 @@ static void fuzz_base32(const char *s, size_t n)
         require(memcmp(again, low, n) == 0);
     } else if (r == TUN_EFORMAT || r == TUN_EINVAL || r == TUN_ERANGE) {
         require(pos < n);
+    }
+}
+
+/* Strict base64: whatever decodes must encode back to exactly the input. */
+static void fuzz_base64(const char *s, size_t n)
+{
+    uint8_t out[160];
+    size_t len = 0;
+    if (tun_base64_decode(out, sizeof out, &len, s, n) == 0) {
+        char again[256];
+        require(len <= sizeof out);
+        sodium_bin2base64(again, sizeof again, out, len, sodium_base64_VARIANT_ORIGINAL);
+        require(strlen(again) == n && memcmp(again, s, n) == 0);
     }
 }
 
@@ -130,6 +144,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     require(s != NULL);
     memcpy(s, data, size);
     fuzz_base32(s, size);
+    fuzz_base64(s, size);
     fuzz_bech32(s, size);
     fuzz_token(s, size);
     fuzz_endpoint_id(s, size);

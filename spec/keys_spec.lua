@@ -108,6 +108,10 @@ describe("tunnel.core.keys codecs", function()
     assert.is_nil(core.base64_decode("Zm9vYh==")) -- unused bits set
     assert.is_nil(core.base64_decode("Zm9v Yg=="))
     assert.is_nil(core.base64_decode("Zm9vYg==x"))
+    -- libsodium 1.0.18 alone reads bytes >= 0x80 as '/': "Zm9v" and "Zm9\x80" would both pass.
+    assert.equal("foo", core.base64_decode("Zm9v"))
+    assert.is_nil(core.base64_decode("Zm9\x80"))
+    assert.is_nil(core.base64_decode("\xffm9v"))
     assert.equal("00ff7f", core.hex_encode("\0\255\127"))
     assert.equal("\0\255\127", core.hex_decode("00FF7f"))
     local _, err, code = core.hex_decode("abc")

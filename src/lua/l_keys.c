@@ -11,6 +11,7 @@
 
 #include "identity/identity.h"
 #include "nostr/keys.h"
+#include "util/base64.h"
 #include "util/base32.h"
 #include "util/bech32.h"
 #include "util/error.h"
@@ -456,11 +457,8 @@ static int l_base64_decode(lua_State *L)
     const char *s = luaL_checklstring(L, 1, &len);
     size_t cap = len / 4 * 3 + 3;
     unsigned char *out = lua_newuserdata(L, cap);
-    const char *end = NULL;
-    /* libsodium checks the padding and rejects non-zero unused bits, so each byte string has
-     * one accepted text; stopping early (end before the last character) is an error too. */
-    if (sodium_base642bin(out, cap, s, len, NULL, &n, &end, sodium_base64_VARIANT_ORIGINAL) != 0 ||
-        end != s + len)
+    /* Strict: each byte string has exactly one accepted text. */
+    if (tun_base64_decode(out, cap, &n, s, len) != 0)
         return fail(L, TUN_EFORMAT, "not valid base64");
     lua_pushlstring(L, (const char *)out, n);
     sodium_memzero(out, cap);

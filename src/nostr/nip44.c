@@ -1,4 +1,5 @@
 #include "nostr/nip44.h"
+#include "util/base64.h"
 #include "util/error.h"
 
 #include <secp256k1_ecdh.h>
@@ -163,20 +164,6 @@ int tun_nip44_encrypt(char *out, size_t cap, const uint8_t conv[TUN_NIP44_KEY_LE
     return rc;
 }
 
-/* Only the standard alphabet and '='. libsodium 1.0.18's decoder reads every byte from 0x80
- * up as '/', so without this check many texts would decode to one payload (found by
- * fuzz/fuzz_nostr.c); libsodium still judges the placement of '=' and the unused bits. */
-static int base64_chars(const char *s, size_t len)
-{
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-              c == '+' || c == '/' || c == '='))
-            return 0;
-    }
-    return 1;
-}
-
 int tun_nip44_decrypt(uint8_t *out, size_t cap, const uint8_t conv[TUN_NIP44_KEY_LEN],
                       const char *payload, size_t len, const char **reason)
 {
@@ -210,11 +197,7 @@ int tun_nip44_decrypt(uint8_t *out, size_t cap, const uint8_t conv[TUN_NIP44_KEY
         why = "out of memory";
         goto out;
     }
-    const char *end = NULL;
-    if (!base64_chars(payload, len) ||
-        sodium_base642bin(buf, buf_cap, payload, len, NULL, &dlen, &end,
-                          sodium_base64_VARIANT_ORIGINAL) != 0 ||
-        end != payload + len) {
+    if (tun_base64_decode(buf, buf_cap, &dlen, payload, len) != 0) {
         rc = TUN_EFORMAT;
         why = "payload is not valid base64";
         goto out;

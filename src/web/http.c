@@ -1,5 +1,6 @@
 /* HTTP/1.1 head parser and writer, WebSocket handshake helpers. See docs/web.md. */
 #include "web/http.h"
+#include "util/base64.h"
 #include "util/error.h"
 #include "util/sha1.h"
 
@@ -592,14 +593,12 @@ static int key_ok(const char *key, size_t len)
 {
     uint8_t bin[16];
     size_t bin_len = 0;
-    const char *b64_end = NULL;
     if (len != TUN_WS_KEY_LEN)
         return 0;
-    /* libsodium refuses non-canonical padding bits, so exactly one text per 16-byte nonce. */
-    if (sodium_base642bin(bin, sizeof(bin), key, len, NULL, &bin_len, &b64_end,
-                          sodium_base64_VARIANT_ORIGINAL) != 0)
+    /* Strict base64: exactly one text per 16-byte nonce. */
+    if (tun_base64_decode(bin, sizeof(bin), &bin_len, key, len) != 0)
         return 0;
-    return bin_len == 16 && b64_end == key + len;
+    return bin_len == 16;
 }
 
 int tun_ws_check_request(const struct tun_http_head *req, const char **why)
