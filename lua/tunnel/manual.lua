@@ -103,28 +103,78 @@ function M.client(opts)
     return nil, err
   end
   self.client = c
-  local sess, ierr = ice.new(c, {
-    controlling = true, stun_servers = opts.stun_servers, hosts = opts.hosts,
-    timing = with_hold(opts.ice_timing, M.CLIENT_HOLD_MS),
-    on_gathered = function(desc)
-      self:_gathered(desc)
-    end,
-    on_connected = function(_, pair)
-      self:_ice_connected(pair)
-    end,
-    on_failed = function(_, reason)
-      self:_finish("ICE failed: " .. reason .. ". " .. M.HINT_FAILED)
-    end,
-    on_consent_lost = function(_, reason)
-      self:_finish("the path to the server stopped working: " .. reason)
-    end,
-  })
+  self.ice_opts = { stun_servers = opts.stun_servers, hosts = opts.hosts,
+    timing = opts.ice_timing }
+  local sess, ierr = self:_new_ice(opts.ice_timing)
   if not sess then
     c:close()
     return nil, ierr
   end
-  self.ice = sess
   return self
+end
+
+function Client:_new_ice(timing)
+  local o = self.ice_opts
+  -- Events of a session replaced by restart() are dropped (they may still be queued).
+  local token = {}
+  self.ice_token = token
+  local sess, err = ice.new(self.client, {
+    controlling = true, stun_servers = o.stun_servers, hosts = o.hosts,
+    timing = with_hold(timing, M.CLIENT_HOLD_MS),
+    on_gathered = function(desc)
+      if self.ice_token == token then
+        self:_gathered(desc)
+      end
+    end,
+    on_connected = function(_, pair)
+      if self.ice_token == token then
+        self:_ice_connected(pair)
+      end
+    end,
+    on_failed = function(_, reason)
+      if self.ice_token == token then
+        self:_finish("ICE failed: " .. reason .. ". " .. M.HINT_FAILED)
+      end
+    end,
+    on_consent_lost = function(_, reason)
+      if self.ice_token == token then
+        self:_finish("the path to the server stopped working: " .. reason)
+      end
+    end,
+  })
+  self.ice = sess
+  return sess, err
+end
+
+--- Start over with a fresh ICE session (new credentials, a new session id, the same socket
+-- and listeners): on_offer / on_offer_fields follow again once gathered. `timing` overrides
+-- the ICE timing of the new session (e.g. { hold_ms = 0 } to lead). For signaling channels
+-- that can carry a second offer (nostr mode); not after an answer led to a connection.
+-- Returns true, or nil and an error.
+function Client:restart(timing)
+  if self.done or self.dialled then
+    return nil, self.done and "this client has finished" or "already connecting over a path"
+  end
+  local t = {}
+  for k, v in pairs(self.ice_opts.timing or {}) do
+    t[k] = v
+  end
+  for k, v in pairs(timing or {}) do
+    t[k] = v
+  end
+  local old = self.ice
+  self.ice = nil
+  if old then
+    old:close()
+  end
+  self.answered, self.server_id, self.answered_at = nil, nil, nil
+  self.session = sigblock.new_session()
+  local sess, err = self:_new_ice(t)
+  if not sess then
+    self:_finish("cannot restart ICE: " .. tostring(err))
+    return nil, err
+  end
+  return true
 end
 
 function Client:_gathered(desc)

@@ -41,6 +41,18 @@ M.SEEN_TTL = 600
 M.SEEN_MAX = 1000
 --- A server session whose client has not connected this long after the offer ends.
 M.CONNECT_TIMEOUT = 60
+--- Who sends the first ICE check matters behind a router that records unsolicited packets
+-- (the conntrack pitfall, docs/ice.md): the side behind it must send first. Round 1 lets the
+-- server lead (it starts as soon as its offer is out); when no path is found ROUND_MS after
+-- the offer, the client starts round 2 on the same socket with fresh credentials and leads,
+-- while the server's fresh socket holds its first checks LEAD_HOLD_MS, long enough for the
+-- offer to cross the relays. A fresh server socket means a fresh port, so the stale entry of
+-- round 1 (keyed by that port) is out of the way.
+M.ROUNDS = 2
+M.ROUND_MS = 10000
+M.LEAD_HOLD_MS = 1500
+-- The last round's ICE gives up this long after it started (about 40 s in all).
+M.LAST_ROUND_FAIL_MS = 30000
 
 local COMMON = {
   secret = "string", peer = "string", relays = "table", cafile = "string",
@@ -189,7 +201,7 @@ function M.client(opts)
   local self = setmetatable({
     on_connected = opts.on_connected, on_failed = opts.on_failed, on_closed = opts.on_closed,
     republish = (opts.republish_interval or 5) * 1000, max_wait = (opts.max_wait or 120) * 1000,
-    started = uv.hrtime(),
+    started = uv.hrtime(), round = 1,
   }, Client)
   local ok, err = channel(self, opts)
   if not ok then
@@ -204,6 +216,10 @@ function M.client(opts)
     end,
     on_connected = function(_, info)
       self.connected = true
+      if self.round_timer and not self.round_timer:is_closing() then
+        self.round_timer:close()
+      end
+      info.round = self.round
       info.after_start_ms = (uv.hrtime() - self.started) / 1e6
       log.info("connected to the server %s via %s, %.0f ms after start", self.peer_npub,
         info.kind, info.after_start_ms)
@@ -229,28 +245,59 @@ function Client:_request(fields)
   if self.done then
     return
   end
-  self.request = fields
+  local msg = fields
+  if self.round > 1 then
+    msg = {}
+    for k, v in pairs(fields) do
+      msg[k] = v
+    end
+    msg.lead = "client"
+  end
+  self.request = msg
   self.session = fields.session
-  self.timer = uv.new_timer()
+  self.answered = false
+  if self.timer and not self.timer:is_closing() then
+    self.timer:close()
+  end
+  local timer = uv.new_timer()
+  self.timer = timer
   local wait = self.republish
   local function send()
-    if self.done or self.answered then
+    if self.done or self.answered or self.timer ~= timer then
       return
     end
     local elapsed = (uv.hrtime() - self.started) / 1e6
     if elapsed >= self.max_wait then
       return self:_finish(self:_no_answer(elapsed))
     end
-    publish(self, "request", fields, "the request")
-    log.info("request %s published (%d of %d relay(s) connected); waiting for the server",
-      self.session, self.pool:open_count(), #self.relay_urls)
+    publish(self, "request", msg, "the request")
+    log.info("request %s%s published (%d of %d relay(s) connected); waiting for the server",
+      self.session, self.round > 1 and (" (round " .. self.round .. ", we lead)") or "",
+      self.pool:open_count(), #self.relay_urls)
     -- Republish until answered: the server may have started after us, or a relay may have
     -- dropped the event. Each copy is a new event, so the relays pass it on again.
     local next_in = math.min(wait, self.max_wait - elapsed)
     wait = math.min(wait * 2, M.REPUBLISH_MAX * 1000)
-    self.timer:start(math.max(1, math.floor(next_in)), 0, send)
+    timer:start(math.max(1, math.floor(next_in)), 0, send)
   end
   send()
+end
+
+-- No path ROUND_MS after the offer: ask for a new session in which we send first.
+function Client:_next_round()
+  if self.done or self.connected or self.round >= M.ROUNDS then
+    return
+  end
+  local old = self.session
+  local ok, err = self.manual:restart({ hold_ms = 0, fail_ms = M.LAST_ROUND_FAIL_MS })
+  if not ok then
+    log.debug("no second round: %s", tostring(err))
+    return
+  end
+  self.round = self.round + 1
+  log.info("no path after %.0f s with the server leading; trying again with this side " ..
+    "leading (round %d)", M.ROUND_MS / 1000, self.round)
+  publish(self, "cancel", { session = old }, "the cancellation")
 end
 
 function Client:_no_answer(elapsed)
@@ -307,6 +354,17 @@ function Client:_event(ev)
   self.offer_ms = (uv.hrtime() - self.started) / 1e6
   log.info("offer from the server received after %.0f ms; looking for a path", self.offer_ms)
   publish(self, "answer", { session = self.session }, "the answer")
+  if self.round < M.ROUNDS then
+    local t = uv.new_timer()
+    self.round_timer = t
+    t:start(M.ROUND_MS, 0, function()
+      t:close()
+      if self.round_timer == t then
+        self.round_timer = nil
+        self:_next_round()
+      end
+    end)
+  end
 end
 
 -- Once connected, signaling is over: leave the relays (after the answer had time to go out).
@@ -343,8 +401,10 @@ function Client:_finish(reason)
   if self.timer and not self.timer:is_closing() then
     self.timer:close()
   end
-  if self.quiet_timer and not self.quiet_timer:is_closing() then
-    self.quiet_timer:close()
+  for _, k in ipairs({ "quiet_timer", "round_timer" }) do
+    if self[k] and not self[k]:is_closing() then
+      self[k]:close()
+    end
   end
   self.pool:close()
   if self.manual then
@@ -429,6 +489,14 @@ function Server:_event(ev)
     end
     return
   end
+  if msg.type == "cancel" then
+    local s = type(msg.session) == "string" and self.sessions[msg.session]
+    if s and not s.connected and s.manual then
+      log.info("session %s: the client gave it up for a new round", msg.session)
+      s.manual:close()
+    end
+    return
+  end
   if msg.type ~= "request" then
     return
   end
@@ -470,7 +538,7 @@ function Server:_event(ev)
     return self:_reply(seen, "reject", { session = msg.session,
       reason = ("bad request: field '%s' %s"):format(name, ferr):sub(1, 512) })
   end
-  self:_start(seen, fields)
+  self:_start(seen, fields, msg.lead == "client")
 end
 
 function Server:_reply(seen, mtype, msg)
@@ -484,9 +552,19 @@ function Server:_reply(seen, mtype, msg)
   publish(self, mtype, msg, "the " .. mtype)
 end
 
-function Server:_start(seen, fields)
+function Server:_start(seen, fields, client_leads)
   local id = fields.session
   local o = self.session_opts
+  local timing = o.ice_timing
+  if client_leads then
+    -- The client sends first this round: hold our first checks until the offer has crossed
+    -- the relays and the client's checks have opened its router.
+    timing = {}
+    for k, v in pairs(o.ice_timing or {}) do
+      timing[k] = v
+    end
+    timing.hold_ms = M.LEAD_HOLD_MS
+  end
   local s = { id = id, source = fields.source, started = uv.hrtime() }
   local function ended(ok, reason)
     if s.ended then
@@ -507,7 +585,7 @@ function Server:_start(seen, fields)
   local m, err = manual.server({
     allowed_tcp = o.allowed_tcp, allowed_udp = o.allowed_udp, stun_servers = o.stun_servers,
     hosts = o.hosts, transport = o.transport, udp_idle_timeout = o.udp_idle_timeout,
-    ice_timing = o.ice_timing,
+    ice_timing = timing,
     on_connected = function(_, info)
       s.connected = true
       info.session = id
