@@ -140,47 +140,72 @@ function M.client(args)
   if not s then
     return fail(forwards)
   end
-  local f = forwards[1]
-  if not f then
+  if #forwards == 0 then
     return fail("nothing to forward: give --source and --target (or request_source and " ..
       "target in [nostr])")
   end
-  if #forwards > 1 then
-    log.warn("nostr mode forwards one source per client; using %s", f.source)
+  local relays = common.texts(s.relays)
+  -- Each forward is a session of its own (its own ICE path and QUIC connection), all asked
+  -- for through the same relays; the first to fail ends the process.
+  local clients, stopping = {}, false
+  local function stop_all(reason)
+    if stopping then
+      return
+    end
+    stopping = true
+    say("tunnel: ", reason, "\n")
+    for _, c in ipairs(clients) do
+      c:close()
+    end
+    host.stop(1)
   end
-  local c, err = nostr.client({
-    secret = s.secret, peer = s.peer, relays = common.texts(s.relays),
-    source = f.source, target = f.target, stun_servers = manual_cmd.stun_list(args, s),
-    hosts = nonempty(args.ice_host), transport = s.transport,
-    udp_idle_timeout = s.transport and s.transport.udp_idle_timeout,
-    republish_interval = s.republish_interval, max_wait = s.max_wait,
-    on_status = relay_status,
-    on_connected = function(cl, info)
-      say(string.format("Connected: %s (server %s at %s, %.0f ms after start)\n", info.kind,
-        cl.peer_npub, tostring(info.remote), info.after_start_ms or 0))
-      for _, fw in ipairs(info.forwards) do
-        say(string.format("Forwarding %s %s -> %s\n", fw.proto, fw.listen or "?", fw.source))
+  for _, f in ipairs(forwards) do
+    local c, err = nostr.client({
+      secret = s.secret, peer = s.peer, relays = relays,
+      source = f.source, target = f.target, stun_servers = manual_cmd.stun_list(args, s),
+      hosts = nonempty(args.ice_host), transport = s.transport,
+      udp_idle_timeout = s.transport and s.transport.udp_idle_timeout,
+      republish_interval = s.republish_interval, max_wait = s.max_wait,
+      on_status = relay_status,
+      on_connected = function(cl, info)
+        say(string.format("Connected: %s (server %s at %s, %.0f ms after start)\n", info.kind,
+          cl.peer_npub, tostring(info.remote), info.after_start_ms or 0))
+        for _, fw in ipairs(info.forwards) do
+          say(string.format("Forwarding %s %s -> %s\n", fw.proto, fw.listen or "?", fw.source))
+        end
+      end,
+      on_failed = function(_, reason)
+        stop_all(reason)
+      end,
+      on_closed = function(_, reason)
+        stop_all(reason)
+      end,
+    })
+    if not c then
+      for _, other in ipairs(clients) do
+        other:close()
       end
-    end,
-    on_failed = function(_, reason)
-      say("tunnel: ", reason, "\n")
-      host.stop(1)
-    end,
-    on_closed = function(_, reason)
-      say("tunnel: ", reason, "\n")
-      host.stop(1)
-    end,
-  })
-  if not c then
-    return fail(err)
-  end
-  for _, fw in ipairs(c:forwards()) do
-    log.info("listening on %s %s for %s", fw.proto, fw.listen or "?", fw.source)
+      return fail(err)
+    end
+    clients[#clients + 1] = c
+    for _, fw in ipairs(c:forwards()) do
+      log.info("listening on %s %s for %s", fw.proto, fw.listen or "?", fw.source)
+    end
   end
   say(string.format("Nostr-mode client %s\nAsking the server %s through %d relay(s)...\n",
-    c.npub, c.peer_npub, #common.texts(s.relays)))
+    clients[1].npub, clients[1].peer_npub, #relays))
   manual_cmd.register_stats("client", function()
-    return c:stats()
+    local out = {}
+    for i, c in ipairs(clients) do
+      out[i] = c:stats()
+    end
+    return #out == 1 and out[1] or out
+  end)
+  host.on_shutdown(function()
+    stopping = true
+    for _, c in ipairs(clients) do
+      c:close()
+    end
   end)
   return nil
 end
