@@ -1,63 +1,38 @@
+/*
+ * The relay client: relay frames, authentication, reconnection and stats on top of one
+ * tun_wsclient per attempt (src/web/wsclient.h does the connection, the upgrade and the
+ * WebSocket framing, and batches our sends per loop turn).
+ */
 #include "relay/client.h"
 
 #include "relay/frame.h"
 #include "util/error.h"
 #include "util/log.h"
-#include "web/http.h"
 #include "web/ws.h"
+#include "web/wsclient.h"
 
-#include <curl/curl.h>
-#include <stdarg.h>
-#include <gnutls/gnutls.h>
 #include <sodium.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define PROTOCOL    "tunnel-relay-v1"
 #define MAX_MESSAGE (TUN_RELAY_MAX_FRAME + 64)
-#define RBUF_CAP    (TUN_WS_MAX_HEADER + MAX_MESSAGE + 65536)
-
-/* One socket curl (or we, after the connect) want polled. */
-struct cpoll {
-    uv_poll_t poll;
-    struct tun_relay_client *c;
-    curl_socket_t fd;
-    int curl_events; /* UV_READABLE/UV_WRITABLE curl asked for */
-    int armed;       /* events the poll is started with (re-arming costs an epoll_ctl) */
-    struct cpoll *next;
-};
 
 struct tun_relay_client {
     uv_loop_t *loop;
     struct tun_relay_client_cfg cfg;
-    char *url, *proxy, *cafile, *token, *host;
+    char *url, *proxy, *cafile, *token;
     struct tun_relay_client_cbs cbs;
     void *ud;
     uint8_t pub[32];
 
-    CURLM *multi;
-    CURL *easy;
-    uv_timer_t curl_timer; /* curl's timeouts */
-    uv_timer_t timer;      /* backoff, auth deadline, pings and liveness */
-    uv_check_t flusher;    /* sends what the loop turn queued in one go */
-    int flush_armed;
-    uint8_t rnd[256]; /* randomness for frame masks, drawn 256 bytes at a time */
-    size_t rnd_off;
-    struct cpoll *polls;
-    struct cpoll *data; /* the connection's socket once connected */
-    int state, upgraded, closing, handles;
+    struct tun_wsclient *ws; /* this attempt's connection, or NULL while waiting */
+    uv_timer_t timer;        /* backoff, the connect + auth deadline, pings */
+    int state, closing;
 
-    struct tun_http_parser hp;
-    struct tun_ws_reader wr;
-    uint8_t *rbuf; /* raw bytes from the socket */
-    size_t rlen;
-    uint8_t *asm_buf;
-    uint8_t *wbuf; /* frames waiting for the socket */
-    size_t woff, wlen;
-    char ws_key[TUN_WS_KEY_LEN + 1];
-
-    uint64_t connected_at, last_rx, last_ping, ping_sent_us;
+    uint64_t last_ping, ping_sent_us;
     uint8_t ping_data[TUN_RELAY_PING_LEN];
     unsigned failures_in_row;
     uint32_t next_delay_ms; /* set by RESTARTING */
@@ -82,98 +57,14 @@ static void set_state(struct tun_relay_client *c, int state, const char *why)
         c->cbs.on_state(c, state, why, c->ud);
 }
 
-/* ---- polls ------------------------------------------------------------------------------------
- */
-
-static void poll_closed(uv_handle_t *h)
-{
-    struct cpoll *p = h->data;
-    struct tun_relay_client *c = p->c;
-    free(p);
-    if (c->closing && --c->handles == 0) {
-        free(c->rbuf);
-        free(c->asm_buf);
-        free(c->wbuf);
-        free(c);
-    }
-}
-
-static void cpoll_close(struct tun_relay_client *c, struct cpoll *p)
-{
-    struct cpoll **pp = &c->polls;
-    while (*pp && *pp != p)
-        pp = &(*pp)->next;
-    if (*pp)
-        *pp = p->next;
-    if (c->data == p)
-        c->data = NULL;
-    if (c->closing)
-        c->handles++;
-    uv_close((uv_handle_t *)&p->poll, poll_closed);
-}
-
-static void poll_cb(uv_poll_t *h, int status, int events);
-
-static struct cpoll *cpoll_find(struct tun_relay_client *c, curl_socket_t fd)
-{
-    for (struct cpoll *p = c->polls; p; p = p->next)
-        if (p->fd == fd)
-            return p;
-    return NULL;
-}
-
-static struct cpoll *cpoll_get(struct tun_relay_client *c, curl_socket_t fd)
-{
-    struct cpoll *found = cpoll_find(c, fd);
-    if (found)
-        return found;
-    struct cpoll *p = calloc(1, sizeof(*p));
-    if (!p)
-        return NULL;
-    if (uv_poll_init_socket(c->loop, &p->poll, fd) != 0) {
-        free(p);
-        return NULL;
-    }
-    p->poll.data = p;
-    p->c = c;
-    p->fd = fd;
-    p->next = c->polls;
-    c->polls = p;
-    return p;
-}
-
-static void update_poll(struct tun_relay_client *c, struct cpoll *p)
-{
-    int ev = p->curl_events;
-    if (p == c->data && c->upgraded >= 0) {
-        ev |= UV_READABLE;
-        if (c->wlen > c->woff)
-            ev |= UV_WRITABLE;
-    }
-    if (ev == p->armed)
-        return;
-    p->armed = ev;
-    if (ev)
-        uv_poll_start(&p->poll, ev, poll_cb);
-    else
-        uv_poll_stop(&p->poll);
-}
-
-/* ---- failure and teardown of one attempt ------------------------------------------------------
- */
+/* ---- failure of one attempt ------------------------------------------------------------------ */
 
 static void drop_connection(struct tun_relay_client *c)
 {
-    while (c->polls)
-        cpoll_close(c, c->polls);
-    c->data = NULL;
-    if (c->easy) {
-        curl_multi_remove_handle(c->multi, c->easy);
-        curl_easy_cleanup(c->easy);
-        c->easy = NULL;
+    if (c->ws) {
+        tun_wsclient_close(c->ws, 0, NULL); /* no callback from it after this */
+        c->ws = NULL;
     }
-    c->rlen = c->woff = c->wlen = 0;
-    c->upgraded = 0;
 }
 
 static void fail(struct tun_relay_client *c, const char *fmt, ...)
@@ -195,78 +86,12 @@ static void fail(struct tun_relay_client *c, const char *fmt, ...)
         schedule(c);
 }
 
-/* ---- writing ----------------------------------------------------------------------------------
- */
-
-static void flush(struct tun_relay_client *c)
-{
-    while (c->woff < c->wlen && c->easy) {
-        size_t n = 0;
-        CURLcode rc = curl_easy_send(c->easy, c->wbuf + c->woff, c->wlen - c->woff, &n);
-        if (rc == CURLE_AGAIN)
-            break;
-        if (rc != CURLE_OK) {
-            fail(c, "sending to the relay failed: %s", curl_easy_strerror(rc));
-            return;
-        }
-        c->woff += n;
-    }
-    if (c->woff == c->wlen)
-        c->woff = c->wlen = 0;
-    if (c->data)
-        update_poll(c, c->data);
-}
-
-/* Reserve room for a frame of `len` payload bytes; returns where the payload goes (after the
- * WebSocket header, which ws_commit fills), or NULL when the queue is full. */
-static uint8_t *ws_reserve(struct tun_relay_client *c, size_t len)
-{
-    if (c->wlen + TUN_WS_MAX_HEADER + len > c->cfg.max_queued) {
-        if (c->woff) {
-            memmove(c->wbuf, c->wbuf + c->woff, c->wlen - c->woff);
-            c->wlen -= c->woff;
-            c->woff = 0;
-        }
-        if (c->wlen + TUN_WS_MAX_HEADER + len > c->cfg.max_queued)
-            return NULL;
-    }
-    return c->wbuf + c->wlen + TUN_WS_MAX_HEADER;
-}
-
-/* Frame the `len` bytes placed by ws_reserve as one masked binary (or other) message. */
-static void ws_commit(struct tun_relay_client *c, int opcode, size_t len)
-{
-    uint8_t mask[4];
-    uint8_t hdr[TUN_WS_MAX_HEADER];
-    /* One getrandom per 64 frames instead of one per frame. */
-    if (c->rnd_off + sizeof(mask) > sizeof(c->rnd)) {
-        randombytes_buf(c->rnd, sizeof(c->rnd));
-        c->rnd_off = 0;
-    }
-    memcpy(mask, c->rnd + c->rnd_off, sizeof(mask));
-    c->rnd_off += sizeof(mask);
-    int hl = tun_ws_header_encode(hdr, 1, opcode, len, mask);
-    uint8_t *payload = c->wbuf + c->wlen + TUN_WS_MAX_HEADER;
-    tun_ws_mask(payload, len, mask, 0);
-    /* Close the gap between the header and the payload. */
-    memcpy(c->wbuf + c->wlen + TUN_WS_MAX_HEADER - hl, hdr, (size_t)hl);
-    memmove(c->wbuf + c->wlen, c->wbuf + c->wlen + TUN_WS_MAX_HEADER - hl, (size_t)hl + len);
-    c->wlen += (size_t)hl + len;
-}
-
 static int send_frame(struct tun_relay_client *c, const uint8_t *frame, size_t len)
 {
-    uint8_t *p = ws_reserve(c, len);
-    if (!p)
-        return TUN_EAGAIN;
-    memcpy(p, frame, len);
-    ws_commit(c, TUN_WS_BINARY, len);
-    flush(c);
-    return 0;
+    return c->ws ? tun_wsclient_send(c->ws, TUN_WS_BINARY, frame, len) : TUN_EAGAIN;
 }
 
-/* ---- reading ----------------------------------------------------------------------------------
- */
+/* ---- relay frames ---------------------------------------------------------------------------- */
 
 static void on_frame(struct tun_relay_client *c, const uint8_t *buf, size_t len)
 {
@@ -292,11 +117,8 @@ static void on_frame(struct tun_relay_client *c, const uint8_t *buf, size_t len)
         if (f.info.flags & TUN_RELAY_FLAG_BINDING) {
             /* The TLS exporter of this very connection, so the signature is useless to any
              * other relay (docs/protocol.md). */
-            const struct curl_tlssessioninfo *ti = NULL;
-            if (curl_easy_getinfo(c->easy, CURLINFO_TLS_SSL_PTR, &ti) != CURLE_OK || !ti ||
-                ti->backend != CURLSSLBACKEND_GNUTLS || !ti->internals ||
-                gnutls_prf_rfc5705((gnutls_session_t)ti->internals, 24, "EXPORTER-tunnel-relay-v1",
-                                   0, "", sizeof(binding), (char *)binding) != 0) {
+            if (tun_wsclient_tls_export(c->ws, "EXPORTER-tunnel-relay-v1", binding,
+                                        sizeof(binding)) != 0) {
                 fail(c, "the relay asks for a TLS channel binding, which this connection cannot "
                         "provide (plain http?)");
                 return;
@@ -343,7 +165,7 @@ static void on_frame(struct tun_relay_client *c, const uint8_t *buf, size_t len)
         return;
     case TUN_RELAY_RECV_BATCH: {
         size_t n = tun_relay_batch_count(&f);
-        for (size_t i = 0; i < n && !c->closing && c->easy; i++) {
+        for (size_t i = 0; i < n && !c->closing && c->ws; i++) {
             const uint8_t *d;
             size_t dl;
             if (tun_relay_batch_get(&f, i, &d, &dl) != 0)
@@ -384,221 +206,55 @@ static void on_frame(struct tun_relay_client *c, const uint8_t *buf, size_t len)
     }
 }
 
-static void process_input(struct tun_relay_client *c)
+/* ---- the connection's callbacks ------------------------------------------------------------- */
+
+static void ws_on_message(struct tun_wsclient *ws, int opcode, const uint8_t *data, size_t len,
+                          void *ud)
 {
-    size_t off = 0;
-    if (!c->upgraded) {
-        size_t used = 0;
-        int rc = tun_http_parse(&c->hp, c->rbuf, c->rlen, &used);
-        if (rc == 0) {
-            c->rlen = 0; /* the parser keeps its own copy */
-            return;
-        }
-        if (rc < 0) {
-            fail(c, "the relay's answer is not HTTP: %s", c->hp.err_why ? c->hp.err_why : "?");
-            return;
-        }
-        const char *offered[] = {PROTOCOL};
-        const char *why = NULL;
-        if (tun_ws_check_response(&c->hp.head, c->ws_key, offered, 1, NULL, &why) != 0) {
-            if (c->hp.head.status != 101)
-                fail(c, "the relay answered %d %.*s instead of upgrading (is %s a relay URL?)",
-                     c->hp.head.status, (int)c->hp.head.reason_len, c->hp.head.reason, c->url);
-            else
-                fail(c, "bad WebSocket upgrade from the relay: %s", why ? why : "?");
-            return;
-        }
-        c->upgraded = 1;
-        off = used;
-    }
-    while (off < c->rlen && c->easy && !c->closing) {
-        struct tun_ws_event ev;
-        int n = tun_ws_read(&c->wr, c->rbuf + off, c->rlen - off, &ev);
-        if (n == 0)
-            break;
-        if (n < 0) {
-            fail(c, "WebSocket error from the relay: %s", c->wr.why ? c->wr.why : tun_strerror(n));
-            return;
-        }
-        off += (size_t)n;
-        c->last_rx = now_ms(c);
-        if (ev.type == TUN_WS_EV_MESSAGE) {
-            if (ev.opcode == TUN_WS_BINARY)
-                on_frame(c, ev.data, ev.len);
-        } else if (ev.type == TUN_WS_EV_PING) {
-            uint8_t *p = ws_reserve(c, ev.len);
-            if (p) {
-                memcpy(p, ev.data, ev.len);
-                ws_commit(c, TUN_WS_PONG, ev.len);
-                flush(c);
-            }
-        } else if (ev.type == TUN_WS_EV_CLOSE) {
-            fail(c, "the relay closed the connection (%d %.*s)", ev.close_code, (int)ev.reason_len,
-                 ev.reason ? ev.reason : "");
-            return;
-        }
-    }
-    if (!c->easy)
-        return;
-    if (off) {
-        memmove(c->rbuf, c->rbuf + off, c->rlen - off);
-        c->rlen -= off;
-    }
+    (void)ws;
+    struct tun_relay_client *c = ud;
+    if (opcode == TUN_WS_BINARY)
+        on_frame(c, data, len);
 }
 
-static void do_read(struct tun_relay_client *c)
+/* The connection ended: say why in the relay's terms, then back off. */
+static void ws_on_close(struct tun_wsclient *ws, int code, const char *reason, void *ud)
 {
-    for (int i = 0; i < 64 && c->easy; i++) {
-        if (c->rlen == RBUF_CAP) {
-            fail(c, "a frame from the relay is larger than %d bytes", (int)MAX_MESSAGE);
-            return;
-        }
-        size_t n = 0;
-        CURLcode rc = curl_easy_recv(c->easy, c->rbuf + c->rlen, RBUF_CAP - c->rlen, &n);
-        if (rc == CURLE_AGAIN)
-            return;
-        if (rc != CURLE_OK) {
-            fail(c, "reading from the relay failed: %s", curl_easy_strerror(rc));
-            return;
-        }
-        if (n == 0) {
-            fail(c, "the relay closed the connection");
-            return;
-        }
-        c->rlen += n;
-        process_input(c);
-    }
-}
-
-static void poll_cb(uv_poll_t *h, int status, int events)
-{
-    struct cpoll *p = h->data;
-    struct tun_relay_client *c = p->c;
-    if (c->closing)
+    struct tun_relay_client *c = ud;
+    struct tun_wsclient_stats st;
+    tun_wsclient_stats(ws, &st);
+    switch (st.failure) {
+    case TUN_WSCLIENT_FAIL_NONE:
+        fail(c, "the relay closed the connection (%d %s)", code, reason);
         return;
-    if (p == c->data && c->connected_at) {
-        if (status < 0) {
-            fail(c, "socket error: %s", uv_strerror(status));
-            return;
-        }
-        if (events & UV_WRITABLE)
-            flush(c);
-        if (c->easy && (events & UV_READABLE))
-            do_read(c);
+    case TUN_WSCLIENT_FAIL_HTTP:
+        fail(c, "the relay answered %d %s instead of upgrading (is %s a relay URL?)",
+             st.http_status, st.http_reason, c->url);
         return;
-    }
-    int flags = 0;
-    if (status < 0)
-        flags = CURL_CSELECT_ERR;
-    if (events & UV_READABLE)
-        flags |= CURL_CSELECT_IN;
-    if (events & UV_WRITABLE)
-        flags |= CURL_CSELECT_OUT;
-    int running;
-    curl_multi_socket_action(c->multi, p->fd, flags, &running);
-    /* The connect finished (or failed)? */
-    CURLMsg *m;
-    int left;
-    while ((m = curl_multi_info_read(c->multi, &left))) {
-        if (m->msg != CURLMSG_DONE || m->easy_handle != c->easy)
-            continue;
-        if (m->data.result != CURLE_OK) {
-            fail(c, "cannot reach the relay: %s%s", curl_easy_strerror(m->data.result),
-                 m->data.result == CURLE_PEER_FAILED_VERIFICATION
-                     ? " (the relay's TLS certificate is not trusted here: a relay with a "
-                       "private CA needs that CA file configured)"
-                     : "");
-            return;
-        }
-        curl_socket_t fd;
-        if (curl_easy_getinfo(c->easy, CURLINFO_ACTIVESOCKET, &fd) != CURLE_OK ||
-            fd == CURL_SOCKET_BAD) {
-            fail(c, "connected, but curl gave no socket");
-            return;
-        }
-        c->data = cpoll_get(c, fd);
-        if (!c->data) {
-            fail(c, "cannot poll the relay socket");
-            return;
-        }
-        c->connected_at = now_ms(c);
-        /* The upgrade request. */
-        tun_ws_new_key(c->ws_key);
-        struct tun_http_writer w;
-        uint8_t *dst = ws_reserve(c, 1024) - TUN_WS_MAX_HEADER;
-        if (tun_ws_begin_request(&w, dst, 1024, c->host, strchr(strstr(c->url, "://") + 3, '/'),
-                                 c->ws_key, PROTOCOL) != 0 ||
-            tun_http_add(&w, "User-Agent", "tunnel") != 0) {
-            fail(c, "cannot write the upgrade request");
-            return;
-        }
-        int len = tun_http_end(&w);
-        if (len < 0) {
-            fail(c, "cannot write the upgrade request");
-            return;
-        }
-        c->wlen += (size_t)len;
-        tun_http_parser_init(&c->hp, TUN_HTTP_RESPONSE);
-        tun_ws_reader_init(&c->wr, TUN_WS_CLIENT, MAX_MESSAGE, c->asm_buf, MAX_MESSAGE);
-        flush(c);
+    case TUN_WSCLIENT_FAIL_UPGRADE:
+        fail(c, "bad WebSocket upgrade from the relay: %s", reason);
+        return;
+    case TUN_WSCLIENT_FAIL_PROTOCOL:
+        fail(c, "WebSocket error from the relay: %s", reason);
+        return;
+    case TUN_WSCLIENT_FAIL_DEAD:
+        fail(c, "no frame from the relay for %u ms", (unsigned)c->cfg.dead_ms);
+        return;
+    case TUN_WSCLIENT_FAIL_EOF:
+        fail(c, "the relay closed the connection");
+        return;
+    case TUN_WSCLIENT_FAIL_IO:
+        fail(c, "the connection to the relay failed: %s", reason);
+        return;
+    default: /* DNS, CONNECT, PROXY, TLS, TIMEOUT, INTERNAL */
+        fail(c, "cannot reach the relay: %s", reason);
         return;
     }
 }
 
-/* ---- curl callbacks ----------------------------------------------------------------------------
- */
+static const struct tun_wsclient_cbs ws_cbs = {NULL, ws_on_message, ws_on_close};
 
-static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp, void *socketp)
-{
-    (void)e;
-    (void)socketp;
-    struct tun_relay_client *c = userp;
-    if (what == CURL_POLL_REMOVE) {
-        struct cpoll *p = cpoll_find(c, fd);
-        if (!p)
-            return 0;
-        p->curl_events = 0;
-        if (p != c->data)
-            cpoll_close(c, p);
-        else
-            update_poll(c, p);
-        return 0;
-    }
-    struct cpoll *p = cpoll_get(c, fd);
-    if (!p)
-        return -1;
-    p->curl_events =
-        (what & CURL_POLL_IN ? UV_READABLE : 0) | (what & CURL_POLL_OUT ? UV_WRITABLE : 0);
-    update_poll(c, p);
-    return 0;
-}
-
-static void curl_timer_cb(uv_timer_t *t)
-{
-    struct tun_relay_client *c = t->data;
-    int running;
-    curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    CURLMsg *m;
-    int left;
-    while ((m = curl_multi_info_read(c->multi, &left)))
-        if (m->msg == CURLMSG_DONE && m->easy_handle == c->easy && m->data.result != CURLE_OK) {
-            fail(c, "cannot reach the relay: %s", curl_easy_strerror(m->data.result));
-            return;
-        }
-}
-
-static int timer_fn(CURLM *m, long ms, void *userp)
-{
-    (void)m;
-    struct tun_relay_client *c = userp;
-    if (ms < 0)
-        uv_timer_stop(&c->curl_timer);
-    else
-        uv_timer_start(&c->curl_timer, curl_timer_cb, (uint64_t)ms, 0);
-    return 0;
-}
-
-/* ---- the schedule: attempts, deadlines, pings --------------------------------------------------
+/* ---- the schedule: attempts, deadlines, pings -------------------------------------------------
  */
 
 static void timer_cb(uv_timer_t *t)
@@ -614,11 +270,7 @@ static void timer_cb(uv_timer_t *t)
              (unsigned)(c->cfg.connect_ms + c->cfg.auth_ms));
         return;
     }
-    /* READY */
-    if (now - c->last_rx >= c->cfg.dead_ms) {
-        fail(c, "no frame from the relay for %u ms", (unsigned)c->cfg.dead_ms);
-        return;
-    }
+    /* READY; the connection itself watches dead_ms. */
     if (now - c->last_ping >= c->cfg.ping_ms) {
         uint8_t out[16];
         randombytes_buf(c->ping_data, sizeof(c->ping_data));
@@ -651,10 +303,8 @@ static void schedule(struct tun_relay_client *c)
     } else if (c->state == TUN_RELAY_CLIENT_CONNECTING) {
         delay = (uint64_t)c->cfg.connect_ms + c->cfg.auth_ms;
     } else {
-        /* Often enough to ping on time and to notice a dead relay within a third of dead_ms. */
-        delay = c->cfg.ping_ms < c->cfg.dead_ms / 3 ? c->cfg.ping_ms : c->cfg.dead_ms / 3;
-        if (delay == 0)
-            delay = 1;
+        uint64_t next = c->last_ping + c->cfg.ping_ms, now = now_ms(c);
+        delay = next > now ? next - now : 1;
     }
     uv_timer_start(&c->timer, timer_cb, delay, 0);
 }
@@ -662,27 +312,22 @@ static void schedule(struct tun_relay_client *c)
 static void start_attempt(struct tun_relay_client *c)
 {
     drop_connection(c);
-    c->connected_at = 0;
-    c->last_rx = now_ms(c);
-    c->easy = curl_easy_init();
-    if (!c->easy) {
-        fail(c, "cannot start curl");
-        return;
-    }
-    curl_easy_setopt(c->easy, CURLOPT_URL, c->url);
-    curl_easy_setopt(c->easy, CURLOPT_CONNECT_ONLY, 1L);
-    curl_easy_setopt(c->easy, CURLOPT_CONNECTTIMEOUT_MS, (long)c->cfg.connect_ms);
-    curl_easy_setopt(c->easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c->easy, CURLOPT_TCP_NODELAY, 1L);
-    if (c->proxy)
-        curl_easy_setopt(c->easy, CURLOPT_PROXY, c->proxy);
-    if (c->cafile)
-        curl_easy_setopt(c->easy, CURLOPT_CAINFO, c->cafile);
+    struct tun_wsclient_cfg wcfg = {
+        .url = c->url,
+        .proxy = c->proxy,
+        .cafile = c->cafile,
+        .protocol = PROTOCOL,
+        .connect_ms = c->cfg.connect_ms,
+        .handshake_ms = c->cfg.auth_ms,
+        .dead_ms = c->cfg.dead_ms,
+        .max_message = MAX_MESSAGE,
+        .max_queued = c->cfg.max_queued,
+    };
     set_state(c, TUN_RELAY_CLIENT_CONNECTING, NULL);
-    if (curl_multi_add_handle(c->multi, c->easy) != CURLM_OK) {
-        curl_easy_cleanup(c->easy);
-        c->easy = NULL;
-        fail(c, "cannot start curl");
+    int rc = tun_wsclient_new(c->loop, &wcfg, &ws_cbs, c, &c->ws);
+    if (rc != 0) {
+        c->ws = NULL;
+        fail(c, "cannot start the connection: %s", tun_strerror(rc));
         return;
     }
     schedule(c);
@@ -704,6 +349,17 @@ static char *dup_or_null(const char *s)
     return s ? strdup(s) : NULL;
 }
 
+static void free_strings(struct tun_relay_client *c)
+{
+    free(c->url);
+    free(c->proxy);
+    free(c->cafile);
+    if (c->token) {
+        sodium_memzero(c->token, strlen(c->token));
+        free(c->token);
+    }
+}
+
 int tun_relay_client_new(uv_loop_t *loop, const struct tun_relay_client_cfg *cfg,
                          const struct tun_relay_client_cbs *cbs, void *ud,
                          struct tun_relay_client **out)
@@ -716,7 +372,11 @@ int tun_relay_client_new(uv_loop_t *loop, const struct tun_relay_client_cfg *cfg
         return TUN_EINVAL;
     const char *h = u + (https ? 8 : 7);
     size_t hl = strcspn(h, "/?#");
-    if (hl == 0 || hl > 255 || (cfg->token && strlen(cfg->token) > TUN_RELAY_MAX_TOKEN))
+    if (hl == 0 || hl > 255 || (cfg->token && strlen(cfg->token) > TUN_RELAY_MAX_TOKEN) ||
+        tun_wsclient_check_url(u, NULL) != 0)
+        return TUN_EINVAL;
+    if (cfg->proxy && strncmp(cfg->proxy, "socks5://", 9) != 0 &&
+        strncmp(cfg->proxy, "socks5h://", 10) != 0)
         return TUN_EINVAL;
     struct tun_relay_client *c = calloc(1, sizeof(*c));
     if (!c)
@@ -746,75 +406,41 @@ int tun_relay_client_new(uv_loop_t *loop, const struct tun_relay_client_cfg *cfg
     const char *path = h + hl;
     size_t need = strlen(u) + 8;
     c->url = malloc(need);
-    c->host = strndup(h, hl);
     c->proxy = dup_or_null(cfg->proxy);
     c->cafile = dup_or_null(cfg->cafile);
     c->token = dup_or_null(cfg->token);
-    c->rbuf = malloc(RBUF_CAP);
-    c->asm_buf = malloc(MAX_MESSAGE);
-    c->wbuf = malloc(c->cfg.max_queued);
-    c->multi = curl_multi_init();
-    if (!c->url || !c->host || !c->rbuf || !c->asm_buf || !c->wbuf || !c->multi ||
-        (cfg->proxy && !c->proxy) || (cfg->cafile && !c->cafile) || (cfg->token && !c->token) ||
-        !derive_pub(c->pub, cfg->secret)) {
-        free(c->url);
-        free(c->host);
-        free(c->proxy);
-        free(c->cafile);
-        free(c->token);
-        free(c->rbuf);
-        free(c->asm_buf);
-        free(c->wbuf);
-        if (c->multi)
-            curl_multi_cleanup(c->multi);
+    if (!c->url || (cfg->proxy && !c->proxy) || (cfg->cafile && !c->cafile) ||
+        (cfg->token && !c->token) || !derive_pub(c->pub, cfg->secret)) {
+        free_strings(c);
+        sodium_memzero(c->cfg.secret, sizeof(c->cfg.secret));
         free(c);
         return TUN_ENOMEM;
     }
     snprintf(c->url, need, "%s%s", u, *path == '/' ? "" : "/relay");
-    curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
-    curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
-    curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, timer_fn);
-    curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
-    uv_timer_init(loop, &c->curl_timer);
     uv_timer_init(loop, &c->timer);
-    uv_check_init(loop, &c->flusher);
-    c->curl_timer.data = c->timer.data = c->flusher.data = c;
-    c->rnd_off = sizeof(c->rnd);
+    c->timer.data = c;
     start_attempt(c);
     *out = c;
     return 0;
 }
 
-static void flusher_cb(uv_check_t *h)
-{
-    struct tun_relay_client *c = h->data;
-    uv_check_stop(h);
-    c->flush_armed = 0;
-    if (!c->closing && c->easy)
-        flush(c);
-}
-
 int tun_relay_client_send(struct tun_relay_client *c, const uint8_t dst[32], const uint8_t *data,
                           size_t len)
 {
-    if (c->state != TUN_RELAY_CLIENT_READY || !c->easy)
+    if (c->state != TUN_RELAY_CLIENT_READY || !c->ws)
         return TUN_EAGAIN;
     if (len == 0 || len > TUN_RELAY_MAX_DATAGRAM)
         return TUN_ETOOBIG;
-    uint8_t *p = ws_reserve(c, TUN_RELAY_DATAGRAM_HEADER + len);
+    /* Straight into the connection's queue, which the QUIC layer's burst leaves in one send
+     * at the end of this loop turn. */
+    uint8_t *p = tun_wsclient_reserve(c->ws, TUN_RELAY_DATAGRAM_HEADER + len);
     if (!p)
         return TUN_EAGAIN;
     tun_relay_datagram_header(p, TUN_RELAY_SEND, dst);
     memcpy(p + TUN_RELAY_DATAGRAM_HEADER, data, len);
-    ws_commit(c, TUN_WS_BINARY, TUN_RELAY_DATAGRAM_HEADER + len);
+    tun_wsclient_commit(c->ws, TUN_RELAY_DATAGRAM_HEADER + len);
     c->st.tx_datagrams++;
     c->st.tx_bytes += len;
-    /* The QUIC layer writes its packets in bursts: send the burst with one call, at the end of
-     * this loop turn, rather than one system call per packet. */
-    if (!c->flush_armed) {
-        c->flush_armed = 1;
-        uv_check_start(&c->flusher, flusher_cb);
-    }
     return 0;
 }
 
@@ -831,13 +457,7 @@ void tun_relay_client_stats(const struct tun_relay_client *c, struct tun_relay_c
 
 static void timer_closed(uv_handle_t *h)
 {
-    struct tun_relay_client *c = h->data;
-    if (--c->handles == 0) {
-        free(c->rbuf);
-        free(c->asm_buf);
-        free(c->wbuf);
-        free(c);
-    }
+    free(h->data);
 }
 
 void tun_relay_client_close(struct tun_relay_client *c)
@@ -845,20 +465,9 @@ void tun_relay_client_close(struct tun_relay_client *c)
     if (c->closing)
         return;
     c->closing = 1;
-    c->handles = 3; /* two timers and the flusher; each poll adds one as it closes */
     drop_connection(c);
-    curl_multi_cleanup(c->multi);
-    c->multi = NULL;
-    free(c->url);
-    free(c->host);
-    free(c->proxy);
-    free(c->cafile);
-    if (c->token) {
-        sodium_memzero(c->token, strlen(c->token));
-        free(c->token);
-    }
+    free_strings(c);
+    c->url = c->proxy = c->cafile = c->token = NULL;
     sodium_memzero(c->cfg.secret, sizeof(c->cfg.secret));
-    uv_close((uv_handle_t *)&c->curl_timer, timer_closed);
     uv_close((uv_handle_t *)&c->timer, timer_closed);
-    uv_close((uv_handle_t *)&c->flusher, timer_closed);
 }
