@@ -181,6 +181,64 @@ describe("forwarding through a relay", function()
     assert.is_false(cli.done, logs())
   end)
 
+  it("moves the traffic to the other relay when the one carrying it stops answering", function()
+    -- A relay that hangs (here: SIGSTOP) keeps its TCP connections open and says nothing; the
+    -- clients notice the unanswered ping and use their other relay long before the 30 s after
+    -- which they reconnect.
+    local echo = tool({ "tcp-echo", "--port", 0 })
+    assert(echo:wait_output("PORT %d+", 20, "stdout"), "echo" .. logs())
+    local eport = echo.stdout:match("PORT (%d+)")
+    local r1, url1 = start_relay()
+    local r2, url2 = start_relay()
+    local srv = track(H.start({ "server", "--listen", "127.0.0.1:0", "--secret-file", T.key,
+      "--auth-tokens", T.token, "--allowed-tcp", "127.0.0.0/8", "--relay-url", url1,
+      "--relay-url", url2, "--relay-only" }, { env = T.env }), "tunnel server")
+    assert(srv:wait_output("Relay: http", 20, "stdout"), "server" .. logs())
+    local id = srv.stdout:match("EndpointId: (%S+)")
+    local lport = H.free_port()
+    local cli = track(H.start({ "client", "--server-node-id", id, "--relay-url", url1,
+      "--relay-url", url2, "--relay-only", "--auth-token", T.token, "--source",
+      "tcp://127.0.0.1:" .. eport, "--target", "127.0.0.1:" .. lport }, { env = T.env }),
+      "tunnel client")
+    assert(cli:wait_output("forwarding tcp ", 30), "client did not connect" .. logs())
+    for _, u in ipairs({ url1, url2 }) do
+      assert(cli:wait_output("relay " .. u:gsub("%p", "%%%0") .. ": connected", 20),
+        "relay not connected" .. logs())
+    end
+    -- Which relay carries the session: the one whose forwarded-bytes counter moves.
+    local function forwarded(url)
+      local port = tonumber(url:match(":(%d+)$"))
+      local p = H.spawn({ "python3", "-c", "import urllib.request,sys;sys.stdout.write(" ..
+        "urllib.request.urlopen('http://127.0.0.1:" .. port .. "/metrics',timeout=5)" ..
+        ".read().decode())" }):wait(10)
+      return tonumber(p.stdout:match("\ntunnel_relay_bytes_forwarded_total (%d+)")) or 0
+    end
+    local b1, b2 = forwarded(url1), forwarded(url2)
+    local warm = tool({ "tcp-bulk", "--port", lport, "--bytes", MiB, "--timeout", 60 })
+    warm:wait(70)
+    assert.matches("SENT (%x+) RECV %1", warm.stdout)
+    local d1, d2 = forwarded(url1) - b1, forwarded(url2) - b2
+    local carrier, other_url = r1, url2
+    if d2 > d1 then
+      carrier, other_url = r2, url1
+    end
+    carrier:kill("sigstop")
+    local t0 = os.time()
+    local p
+    H.wait_until(function()
+      p = tool({ "tcp-halfclose", "--port", lport, "--send", "around the silent relay",
+        "--timeout", 10 })
+      p:wait(15)
+      return p.stdout:find("RECV around the silent relay", 1, true) ~= nil
+    end, 25)
+    carrier:kill("sigcont")
+    assert.matches("RECV around the silent relay", p.stdout, 1, true)
+    assert.matches("no answer to a ping", cli.stderr .. srv.stderr, 1, true)
+    io.stderr:write(string.format("\n  [measure] silent relay: traffic through %s within %d s\n",
+      other_url, os.time() - t0))
+    assert.is_false(cli.done, logs())
+  end)
+
   it("says clearly when the discovery server cannot be reached", function()
     local id = H.tunnel({ "show-server-id", "--secret-file", T.key }).stdout:gsub("%s+$", "")
     -- A discovery server that is not there (on loopback: the LAN lookup, which a client with

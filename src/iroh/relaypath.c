@@ -132,7 +132,8 @@ void tun_relaypath_new_port(struct tun_relaypath *rp)
     rp->port = (uint16_t)(rp->port == 65535 ? 1 : rp->port + 1);
 }
 
-/* The home relay: the connected one with the lowest RTT (unmeasured ones after measured). */
+/* The home relay: the connected one with the lowest RTT (unmeasured ones after measured),
+ * preferring relays the peer has not asked us to avoid and that are not stale (silent). */
 static int home(const struct tun_relaypath *rp, uint8_t avoid)
 {
     int best = -1;
@@ -140,7 +141,7 @@ static int home(const struct tun_relaypath *rp, uint8_t avoid)
     for (size_t pass = 0; pass < 2 && best < 0; pass++) {
         for (size_t i = 0; i < rp->nrelays; i++) {
             const struct relay *r = &rp->relays[i];
-            if (!r->ready || (pass == 0 && (avoid & (1u << i))))
+            if (!r->ready || (pass == 0 && ((avoid & (1u << i)) || tun_relay_client_stale(r->rc))))
                 continue;
             struct tun_relay_client_stats st;
             tun_relay_client_stats(r->rc, &st);
@@ -158,7 +159,8 @@ static int home(const struct tun_relaypath *rp, uint8_t avoid)
 static int relay_for(struct tun_relaypath *rp, int i)
 {
     struct peer *p = &rp->peers[i];
-    if (p->via >= 0 && rp->relays[p->via].ready && !(p->avoid & (1u << p->via)))
+    if (p->via >= 0 && rp->relays[p->via].ready && !(p->avoid & (1u << p->via)) &&
+        !tun_relay_client_stale(rp->relays[p->via].rc))
         return p->via;
     return home(rp, p->avoid);
 }

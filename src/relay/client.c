@@ -33,6 +33,7 @@ struct tun_relay_client {
     int state, closing;
 
     uint64_t last_ping, ping_sent_us;
+    uint64_t last_rx_ms, last_tx_ms; /* any frame from the relay / a datagram sent (loop ms) */
     uint8_t ping_data[TUN_RELAY_PING_LEN];
     unsigned failures_in_row;
     uint32_t next_delay_ms; /* set by RESTARTING */
@@ -78,6 +79,8 @@ static void fail(struct tun_relay_client *c, const char *fmt, ...)
     va_end(ap);
     int was_ready = c->state == TUN_RELAY_CLIENT_READY;
     drop_connection(c);
+    c->ping_sent_us = 0;
+    c->st.stale = 0;
     c->st.failures++;
     c->failures_in_row = was_ready ? 0 : c->failures_in_row + 1;
     tun_log_debug(RELAY, "relay %s: %s", c->url, c->st.last_error);
@@ -96,6 +99,11 @@ static int send_frame(struct tun_relay_client *c, const uint8_t *frame, size_t l
 static void on_frame(struct tun_relay_client *c, const uint8_t *buf, size_t len)
 {
     struct tun_relay_frame f;
+    c->last_rx_ms = now_ms(c);
+    if (c->st.stale) {
+        c->st.stale = 0;
+        tun_log_info(RELAY, "relay %s answers again", c->url);
+    }
     int rc = tun_relay_decode(buf, len, TUN_RELAY_FROM_RELAY, &f);
     if (rc != 0) {
         fail(c, "malformed frame from the relay: %s", tun_strerror(rc));
@@ -149,6 +157,7 @@ static void on_frame(struct tun_relay_client *c, const uint8_t *buf, size_t len)
         if (pn > 0 && send_frame(c, pb, (size_t)pn) == 0)
             c->ping_sent_us = uv_hrtime() / 1000;
         c->last_ping = now_ms(c);
+        c->st.stale = 0;
         set_state(c, TUN_RELAY_CLIENT_READY, NULL);
         schedule(c);
         return;
@@ -270,8 +279,21 @@ static void timer_cb(uv_timer_t *t)
              (unsigned)(c->cfg.connect_ms + c->cfg.auth_ms));
         return;
     }
-    /* READY; the connection itself watches dead_ms. */
-    if (now - c->last_ping >= c->cfg.ping_ms) {
+    /* READY; the connection itself watches dead_ms (and reconnects). A relay that dies without
+     * closing would hold our traffic that long, so a ping that stays unanswered for stale_ms
+     * marks it stale and the relay path carries the traffic through another relay meanwhile.
+     * Pings go every ping_ms, and at once when the relay fell silent while we were sending. */
+    if (c->ping_sent_us) {
+        if (!c->st.stale && now - c->last_ping >= c->cfg.stale_ms) {
+            c->st.stale = 1;
+            tun_log_warn(RELAY,
+                         "relay %s: no answer to a ping for %u ms; using another relay "
+                         "while it is silent",
+                         c->url, (unsigned)(now - c->last_ping));
+        }
+    } else if (now - c->last_ping >= c->cfg.ping_ms ||
+               (c->last_tx_ms > c->last_rx_ms && now - c->last_rx_ms >= c->cfg.stale_ms &&
+                now - c->last_ping >= c->cfg.stale_ms)) {
         uint8_t out[16];
         randombytes_buf(c->ping_data, sizeof(c->ping_data));
         int n = tun_relay_encode_ping(out, sizeof(out), TUN_RELAY_PING, c->ping_data);
@@ -303,8 +325,8 @@ static void schedule(struct tun_relay_client *c)
     } else if (c->state == TUN_RELAY_CLIENT_CONNECTING) {
         delay = (uint64_t)c->cfg.connect_ms + c->cfg.auth_ms;
     } else {
-        uint64_t next = c->last_ping + c->cfg.ping_ms, now = now_ms(c);
-        delay = next > now ? next - now : 1;
+        /* Often enough to notice silence within stale_ms; cheap (one timer per relay). */
+        delay = c->cfg.stale_ms / 4 ? c->cfg.stale_ms / 4 : 1;
     }
     uv_timer_start(&c->timer, timer_cb, delay, 0);
 }
@@ -391,6 +413,8 @@ int tun_relay_client_new(uv_loop_t *loop, const struct tun_relay_client_cfg *cfg
         c->cfg.ping_ms = 15000;
     if (!c->cfg.dead_ms)
         c->cfg.dead_ms = 30000;
+    if (!c->cfg.stale_ms)
+        c->cfg.stale_ms = 2000;
     if (!c->cfg.backoff_min_ms)
         c->cfg.backoff_min_ms = 100;
     if (!c->cfg.backoff_max_ms)
@@ -439,6 +463,7 @@ int tun_relay_client_send(struct tun_relay_client *c, const uint8_t dst[32], con
     tun_relay_datagram_header(p, TUN_RELAY_SEND, dst);
     memcpy(p + TUN_RELAY_DATAGRAM_HEADER, data, len);
     tun_wsclient_commit(c->ws, TUN_RELAY_DATAGRAM_HEADER + len);
+    c->last_tx_ms = now_ms(c);
     c->st.tx_datagrams++;
     c->st.tx_bytes += len;
     return 0;
@@ -447,6 +472,11 @@ int tun_relay_client_send(struct tun_relay_client *c, const uint8_t dst[32], con
 int tun_relay_client_state(const struct tun_relay_client *c)
 {
     return c->state;
+}
+
+int tun_relay_client_stale(const struct tun_relay_client *c)
+{
+    return c->state == TUN_RELAY_CLIENT_READY && c->st.stale;
 }
 
 void tun_relay_client_stats(const struct tun_relay_client *c, struct tun_relay_client_stats *st)

@@ -33,6 +33,8 @@ struct tun_relay_client_cfg {
     uint32_t auth_ms;    /* upgrade + challenge + AUTH_OK after connecting [10000] */
     uint32_t ping_ms;    /* ping the relay this often [15000] */
     uint32_t dead_ms;    /* no frame from the relay this long: reconnect [30000] */
+    uint32_t stale_ms;   /* a ping unanswered this long marks the relay stale [2000]; silence
+                            this long while we send makes us ping at once */
     uint32_t backoff_min_ms, backoff_max_ms; /* [100, 10000], doubled per failure, +-25 % */
     size_t max_queued; /* bytes of frames waiting for the socket before send refuses [1 MiB] */
 };
@@ -57,6 +59,7 @@ struct tun_relay_client_stats {
     uint64_t rtt_us; /* of the last ping/pong, 0 before one */
     uint64_t tx_datagrams, rx_datagrams, tx_bytes, rx_bytes;
     uint64_t connects, failures;
+    int stale; /* READY but not answering (see stale_ms): carry traffic elsewhere if possible */
     char last_error[160];
 };
 
@@ -71,6 +74,10 @@ int tun_relay_client_send(struct tun_relay_client *c, const uint8_t dst[32], con
                           size_t len);
 
 int tun_relay_client_state(const struct tun_relay_client *c);
+
+/* Whether the relay is READY but has not answered a ping for stale_ms (a relay that died
+ * without closing the connection): callers with another relay should use that one. */
+int tun_relay_client_stale(const struct tun_relay_client *c);
 void tun_relay_client_stats(const struct tun_relay_client *c, struct tun_relay_client_stats *st);
 
 /* Close the connection and free the client (once libuv has closed its handles). */
