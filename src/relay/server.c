@@ -20,16 +20,21 @@
 
 /* A server frame header is at most 10 bytes (no mask): frames are built after this much room
  * so the header can be put in front of them without moving the payload. */
-#define HDR_ROOM      10
-#define READ_LIMIT    (128 * 1024) /* must hold one whole WebSocket frame of the largest size */
-#define RECENT_MAX    32           /* senders remembered per client, for PEER_GONE on leave */
-#define RECENT_MS     60000        /* ... who sent within this long */
-#define GONE_MAX      8            /* unknown destinations remembered per client */
-#define GONE_MS       1000         /* at most one PEER_GONE(not here) per destination per this */
-#define EXPIRE_MS     60000        /* pkarr store sweep */
-#define MIN_QUEUE     (TUN_RELAY_MAX_FRAME + HDR_ROOM + TUN_RELAY_QUEUE_OVERHEAD)
-#define PKARR_CTYPE   "application/pkarr.org/relays#payload"
-#define METRICS_CTYPE "text/plain; version=0.0.4; charset=utf-8"
+#define HDR_ROOM   10
+#define READ_LIMIT (128 * 1024) /* must hold one whole WebSocket frame of the largest size */
+#define RECENT_MAX 32           /* senders remembered per client, for PEER_GONE on leave */
+#define RECENT_MS  60000        /* ... who sent within this long */
+#define GONE_MAX   8            /* unknown destinations remembered per client */
+#define GONE_MS    1000         /* at most one PEER_GONE(not here) per destination per this */
+/* RESTARTING on shutdown: come back after this, and keep trying this long (a restart by a
+ * service manager takes about a second; a relay gone for good costs clients nothing more than
+ * their usual backoff). */
+#define RESTART_IN_MS  1000
+#define RESTART_FOR_MS 60000
+#define EXPIRE_MS      60000 /* pkarr store sweep */
+#define MIN_QUEUE      (TUN_RELAY_MAX_FRAME + HDR_ROOM + TUN_RELAY_QUEUE_OVERHEAD)
+#define PKARR_CTYPE    "application/pkarr.org/relays#payload"
+#define METRICS_CTYPE  "text/plain; version=0.0.4; charset=utf-8"
 
 enum { ST_HTTP, ST_BODY, ST_WS, ST_DONE };
 
@@ -1258,6 +1263,14 @@ void tun_relay_server_close(struct tun_relay_server *srv, void (*closed)(void *u
     }
     while (srv->conns) {
         struct conn *c = srv->conns;
+        if (c->state == ST_WS && c->authed) {
+            /* Tell clients when to come back instead of letting them hammer a restarting
+             * relay with their fastest backoff. */
+            int n = tun_relay_encode_restarting(srv->scratch + HDR_ROOM, TUN_RELAY_MAX_FRAME,
+                                                RESTART_IN_MS, RESTART_FOR_MS);
+            if (n > 0)
+                (void)send_frame(c, (size_t)n, 0);
+        }
         if (c->state == ST_WS)
             ws_close(c, TUN_WS_CLOSE_GOING_AWAY, "relay shutting down");
         else
