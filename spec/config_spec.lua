@@ -369,7 +369,8 @@ describe("tunnel.config", function()
         'mode = "irho"',
         '[iroh.transport]',
         'congestion_controller = "BBR2"'), nil, {
-        "s.toml:1:1: 'role' must be one of server, client, vpnserver, vpnclient, got \"sever\"" ..
+        "s.toml:1:1: 'role' must be one of server, client, vpnserver, vpnclient, relay, got " ..
+          "\"sever\"" ..
           " — did you mean 'server'?",
         "s.toml:2:1: 'mode' must be one of iroh, manual, nostr, got \"irho\" — did you mean " ..
           "'iroh'?",
@@ -394,7 +395,7 @@ describe("tunnel.config", function()
       })
       fails("none.toml", '[iroh]\n', nil, {
         "none.toml: missing 'role': add role = \"server\" (or \"client\", \"vpnserver\", " ..
-          "\"vpnclient\") at the top",
+          "\"vpnclient\", \"relay\") at the top",
       })
     end)
 
@@ -588,7 +589,8 @@ describe("tunnel.config", function()
       assert.has_error(function() config.load("x.toml", { rol = "server" }) end,
         "config.load: unknown option 'rol'")
       assert.has_error(function() config.load("x.toml", { role = "peer" }) end,
-        "config.load: opts.role must be one of server, client, vpnserver, vpnclient, got peer")
+        "config.load: opts.role must be one of server, client, vpnserver, vpnclient, relay, " ..
+          "got peer")
       assert.has_error(function() config.validate({}, { mode = "ice" }) end,
         "config.validate: opts.mode must be one of iroh, manual, nostr, got ice")
     end)
@@ -816,8 +818,10 @@ describe("tunnel.config", function()
       local p, err = config.default_path("vpn_server", {})
       assert.is_nil(p)
       assert.matches("neither XDG_CONFIG_HOME nor HOME is set", err, 1, true)
-      assert.has_error(function() config.default_path("relay") end,
-        "config.default_path: unknown kind 'relay' (one of client, server, vpn_client, " ..
+      assert.are.equal("/home/ada/.config/tunnel/relay.toml",
+        config.default_path("relay", { HOME = "/home/ada" }))
+      assert.has_error(function() config.default_path("relays") end,
+        "config.default_path: unknown kind 'relays' (one of client, relay, server, vpn_client, " ..
         "vpn_server)")
       local proc = H.tunnel({ "-e", "print(require('tunnel.config').default_path('client'))" },
         { env = { HOME = "/home/zed", XDG_CONFIG_HOME = false } })

@@ -21,10 +21,12 @@ local type, pairs, ipairs, tostring, tonumber, getmetatable, error =
 
 local M = {}
 
-local SRV, CLI, VSRV, VCLI = "server", "client", "vpnserver", "vpnclient"
+local SRV, CLI, VSRV, VCLI, RLY = "server", "client", "vpnserver", "vpnclient", "relay"
+-- The tunnel roles: every mode section belongs to some of them. The relay (`tunnel relay`) has
+-- no mode and one section of its own, [relay].
 local ALL = { SRV, CLI, VSRV, VCLI }
 
-M.ROLES = { SRV, CLI, VSRV, VCLI }
+M.ROLES = { SRV, CLI, VSRV, VCLI, RLY }
 M.MODES = { "iroh", "manual", "nostr" }
 
 --- Default file names under the config directory, by kind (`config.default_path(kind)`).
@@ -33,6 +35,7 @@ M.KINDS = {
   client = "client.toml",
   vpn_server = "vpn_server.toml",
   vpn_client = "vpn_client.toml",
+  relay = "relay.toml",
 }
 
 local KiB, MiB, GiB = 1024, 1024 * 1024, 1024 * 1024 * 1024
@@ -50,7 +53,8 @@ local DEFAULT_NOSTR_RELAYS = {
 -- A table spec has `fields`: an ordered list of key specs. A key spec has
 --   name      the key
 --   type      string, boolean, integer, seconds, size, enum, path, cidr, ip, hostport, source,
---             target, url, endpoint_id, token, secret_key, nsec, npub, ifname, list, table
+--             target, url, endpoint_id, token, relay_token, secret_key, nsec, npub, ifname,
+--             list, table
 --   roles     roles the key belongs to (default: the enclosing table's roles)
 --   default   value filled in when absent (for the roles the key belongs to)
 --   doc       one line for humans; docs/config.md says more
@@ -275,13 +279,45 @@ insert_forwards(iroh, true)
 insert_forwards(manual, false)
 insert_forwards(nostr, true)
 
+-- `tunnel relay`: the same values and limits as its command-line options.
+local relay = {
+  name = "relay", type = "table", roles = { RLY },
+  doc = "tunnel relay: WebSocket relay, discovery store and STUN responder for iroh mode",
+  fields = {
+    { name = "listen", type = "hostport", numeric = true, allow_zero = true,
+      required_for = { RLY }, flag = "--listen",
+      doc = "TCP address for HTTP(S) and the WebSocket relay, e.g. 0.0.0.0:3340" },
+    { name = "tls_cert", type = "path", flag = "--tls-cert",
+      doc = "PEM certificate chain: serve HTTPS (needs tls_key)" },
+    { name = "tls_key", type = "path", flag = "--tls-key", doc = "PEM private key of tls_cert" },
+    { name = "stun_listen", type = "hostport", numeric = true, allow_zero = true,
+      default_port = 3478, flag = "--stun-listen",
+      doc = "also answer STUN Binding requests on this UDP address" },
+    { name = "allow_keys", type = "list", of = { type = "endpoint_id" }, default = {},
+      flag = "--allow-key", doc = "only these EndpointIds may connect; empty: anyone" },
+    { name = "tokens", type = "list", of = { type = "relay_token", sensitive = true },
+      sensitive = true,
+      flag = "--token", doc = "access tokens; a client must present one of them" },
+    { name = "tokens_file", type = "path", flag = "--tokens-file",
+      doc = "file with one access token per line" },
+    { name = "rate", type = "integer", min = 1, max = 4294967295, flag = "--rate",
+      doc = "per-client limit on relayed bytes per second (default: unlimited)" },
+    { name = "burst", type = "integer", min = 1, max = 4294967295, flag = "--burst",
+      doc = "per-client burst in bytes for rate (default: max(rate, 65535))" },
+    { name = "pkarr_slots", type = "integer", min = 0, max = 16777216, default = 4096,
+      flag = "--pkarr-slots", doc = "discovery records kept; 0 disables /pkarr" },
+  },
+  exclusive = { { "tokens", "tokens_file" } },
+  complete_checks = { "relay_pairs" },
+}
+
 M.schema = {
   fields = {
-    { name = "role", type = "enum", values = M.ROLES, roles = ALL,
-      doc = "what this file configures: server, client, vpnserver or vpnclient" },
+    { name = "role", type = "enum", values = M.ROLES, roles = M.ROLES,
+      doc = "what this file configures: server, client, vpnserver, vpnclient or relay" },
     { name = "mode", type = "enum", values = M.MODES, roles = ALL, default = "iroh",
-      doc = "connection mode; VPN roles use iroh only" },
-    iroh, manual, nostr,
+      doc = "connection mode; VPN roles use iroh only; the relay has none" },
+    iroh, manual, nostr, relay,
   },
 }
 
@@ -323,7 +359,15 @@ iroh.by_name.target.clears = { "forward" }
 nostr.by_name.request_source.clears = { "forward" }
 nostr.by_name.target.clears = { "forward" }
 
-local SECTIONS = { iroh = iroh, manual = manual, nostr = nostr }
+local SECTIONS = { iroh = iroh, manual = manual, nostr = nostr, relay = relay }
+-- Sections in the order they are checked: one per mode, then the relay's.
+local SECTION_NAMES = { "iroh", "manual", "nostr", "relay" }
+
+-- The section a role runs from: the mode's, or [relay] for the relay.
+local function active_section(role, mode)
+  if role == RLY then return "relay" end
+  return mode
+end
 
 ---------------------------------------------------------------------------------------------------
 -- Small helpers
@@ -661,6 +705,11 @@ TYPES.hostport = function(v, f)
   local hp, err = addr.parse_hostport(v, { default_port = f.default_port,
     allow_zero = f.allow_zero })
   if not hp then return nil, "is invalid: " .. err end
+  if f.numeric and not hp.family then
+    -- A listening address: resolving a name here would pick one of its addresses silently.
+    return nil, format("is invalid: '%s': give a numeric IP address (0.0.0.0 or [::] for all)",
+      v)
+  end
   return hp.text
 end
 
@@ -717,6 +766,16 @@ TYPES.token = function(v, f)
   local ok, err = key_value(v, f, "a token string",
     function(x) return keys_lib().validate_token(x) end)
   if not ok then return nil, err end
+  return v
+end
+
+-- A relay access token: any string the operator chooses (tunnel generate-token makes good
+-- ones); the relay protocol carries 1 to 255 bytes.
+TYPES.relay_token = function(v, f)
+  if type(v) ~= "string" then return nil, expect("a token string", v, f) end
+  if #v < 1 or #v > 255 then
+    return nil, format("must be 1 to 255 bytes long, got %d bytes", #v)
+  end
   return v
 end
 
@@ -841,7 +900,7 @@ local function unknown_key(ctx, spec, t, k, loc)
     msg = msg .. " — " .. HINTS[norm]:gsub("<section>", sec)
   elseif loc.path == "" then
     -- A section key written above the section headers (or without one).
-    local sec = SECTIONS[ctx.mode] or iroh
+    local sec = SECTIONS[active_section(ctx.role, ctx.mode)] or iroh
     if sec.by_name[norm] then
       msg = msg .. format(" — '%s' belongs in a section: move it below the [%s] header", k,
         sec.name)
@@ -1117,6 +1176,20 @@ CHECKS.vpn_network = function(ctx, out, _, loc)
   end
 end
 
+-- The relay's pairs: a certificate needs its key (and the reverse); a burst needs a rate.
+CHECKS.relay_pairs = function(ctx, out, t, loc)
+  if (out.tls_cert == nil) ~= (out.tls_key == nil) then
+    local k = out.tls_cert ~= nil and "tls_cert" or "tls_key"
+    report(ctx, child(loc, t, k), format("'%s' needs '%s': give both to serve HTTPS, or " ..
+      "neither; on the command line: --tls-cert and --tls-key", k,
+      k == "tls_cert" and "tls_key" or "tls_cert"))
+  end
+  if out.burst ~= nil and out.rate == nil then
+    report(ctx, child(loc, t, "burst"), "'burst' only applies with 'rate': set rate (bytes " ..
+      "per second) too, or remove burst; on the command line: --rate")
+  end
+end
+
 CHECKS.relay_only = function(ctx, out, _, loc)
   if out.relay_only and #(out.relay_urls or {}) == 0 then
     report(ctx, loc, "'relay_only' is set but 'relay_urls' is empty: add a relay URL; on the " ..
@@ -1226,13 +1299,18 @@ local function validate_root(ctx, root, opts)
     role = opts.role
   else
     report(ctx, nil, "missing 'role': add role = \"server\" (or \"client\", \"vpnserver\", " ..
-      "\"vpnclient\") at the top")
+      "\"vpnclient\", \"relay\") at the top")
   end
   ctx.role = role or opts.role
   out.role = role
-  -- mode: from the file, else from the command, else iroh
+  -- mode: from the file, else from the command, else iroh; the relay has none
   local mode
-  if root.mode ~= nil then
+  if ctx.role == RLY then
+    if root.mode ~= nil then
+      report(ctx, child(rloc, root, "mode"), "'mode' does not apply to role 'relay' (a relay " ..
+        "serves iroh mode and has no other); remove it")
+    end
+  elseif root.mode ~= nil then
     local mloc = child(rloc, root, "mode")
     mode = check_value(ctx, fields.mode, root.mode, mloc)
     if mode and opts.mode and mode ~= opts.mode then
@@ -1259,24 +1337,30 @@ local function validate_root(ctx, root, opts)
     end
   end
   -- sections
-  for _, name in ipairs(M.MODES) do
+  local active = active_section(ctx.role, mode)
+  for _, name in ipairs(SECTION_NAMES) do
     local spec, v = SECTIONS[name], root[name]
     local sloc = child(rloc, root, name)
     if v ~= nil then
       if not is_record(v) then
         report_value(ctx, sloc, expect("a table ([" .. name .. "])", v))
       elseif role and not spec.role_set[role] then
-        report(ctx, sloc, format("[%s] is not used by role '%s' (VPN roles run in iroh mode " ..
-          "only); remove this section", name, role))
+        local why = (role == VSRV or role == VCLI) and name ~= "relay" and
+          " (VPN roles run in iroh mode only)" or role == RLY and
+          " (tunnel relay reads only [relay])" or name == "relay" and
+          " ([relay] configures tunnel relay, in a file of role 'relay')" or ""
+        report(ctx, sloc, format("[%s] is not used by role '%s'%s; remove this section", name,
+          role, why))
       else
         out[name] = check_table(ctx, spec, v, sloc)
       end
-    elseif name == mode and (not role or spec.role_set[role]) then
+    elseif name == active and (not role or spec.role_set[role]) then
       out[name] = check_table(ctx, spec, {}, sloc)
     end
   end
-  if opts.complete and role and out[mode] then
-    check_complete(ctx, SECTIONS[mode], out[mode], root[mode] or {}, child(rloc, root, mode))
+  if opts.complete and role and out[active] then
+    check_complete(ctx, SECTIONS[active], out[active], root[active] or {},
+      child(rloc, root, active))
   end
   return out
 end

@@ -1,5 +1,5 @@
---- What the `server` and `client` commands share: error output and the config layering
--- (defaults < config file < command line).
+--- What the `server`, `client` and `relay` commands share: error output and the config
+-- layering (defaults < config file < command line).
 local config = require "tunnel.config"
 
 local M = {}
@@ -10,10 +10,12 @@ function M.fail(msg)
   return 1
 end
 
---- The validated `mode` section for `role`: the config file (-c / --default-config) if any,
--- overridden by `cli` (a table in the config's shape, nil for options not given).
+--- The validated `mode` section for `role` (the [relay] section for role "relay", which has no
+-- mode: pass nil): the config file (-c / --default-config) if any, overridden by `cli` (a
+-- table in the config's shape, nil for options not given).
 -- Returns the section and the whole validated config, or nil and an error message.
 function M.settings(args, role, mode, cli)
+  local section = mode or role
   local file = { role = role, mode = mode }
   if args.config or args.default_config then
     local path = args.config or config.default_path(role)
@@ -23,12 +25,12 @@ function M.settings(args, role, mode, cli)
     end
     file = cfg
   end
-  local merged = config.merge(file, { [mode] = cli })
+  local merged = config.merge(file, { [section] = cli })
   local v, err = config.validate(merged, { role = role, mode = mode, complete = true })
   if not v then
     return nil, err
   end
-  return v[mode], v
+  return v[section], v
 end
 
 --- The mode a command runs in: the mode subcommand if given, else the config file's `mode`
