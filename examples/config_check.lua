@@ -105,6 +105,6 @@ local function dump(t, keypath)
   end
 end
 
-print(("# %s is valid (role %s, mode %s%s)"):format(path, tostring(cfg.role or "not set"),
-  tostring(cfg.mode), complete and ", complete" or ""))
+print(("# %s is valid (role %s%s%s)"):format(path, tostring(cfg.role or "not set"),
+  cfg.mode and (", mode " .. tostring(cfg.mode)) or "", complete and ", complete" or ""))
 dump(cfg, {})

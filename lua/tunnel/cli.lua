@@ -66,6 +66,7 @@ local COMMANDS = {
       "Examples:",
       "  tunnel relay --listen 0.0.0.0:3340 --stun-listen 0.0.0.0:3478",
       "  tunnel relay --listen [::]:443 --tls-cert cert.pem --tls-key key.pem --token TOKEN",
+      "  tunnel relay -c /etc/tunnel/relay.toml             settings from a file ([relay])",
       "Routes, limits and metrics: docs/relay.md.",
     }, "\n") },
   ["generate-server-key"] = { "tunnel.cmd.keys", "generate_server_key" },
