@@ -279,6 +279,15 @@ function Client:connect(ip, port, server_id)
   return true
 end
 
+--- Move a deferred client that has not dialled yet to a fresh UDP socket (a new local port,
+-- hence new NAT mappings), e.g. before a second round of ICE. Returns true, or nil and an error.
+function Client:rebind()
+  if self.server_id then
+    return nil, "already dialled " .. self.server_id
+  end
+  return self.core:rebind()
+end
+
 --- Connection statistics: rtt_ms, cwnd, bytes and packets, remote, ready; nil once closed.
 function Client:stats()
   return self.core:stats()

@@ -77,13 +77,12 @@ function M.announcer(opts)
     error("lan.announcer: option 'secret' must be the 32-byte identity secret", 2)
   end
   local self = setmetatable({ secret = opts.secret, port = opts.port or M.PORT,
-    key = keys.public_key(opts.secret), interval = opts.interval or 10 }, Announcer)
-  local pkt, err = core.sign(opts.secret, { relays = opts.relay_urls or {},
-    addrs = opts.addrs or {}, ttl = 30 }, core.now_us())
-  if not pkt then
+    key = keys.public_key(opts.secret), interval = opts.interval or 10,
+    relay_urls = opts.relay_urls or {}, addrs = opts.addrs or {} }, Announcer)
+  local ok, err = self:_sign()
+  if not ok then
     return nil, err
   end
-  self.packet = pkt
   local u, uerr = group_socket(self.port, function(kind, body)
     if kind == "Q" and body == self.key then
       self:send()
@@ -101,6 +100,31 @@ function M.announcer(opts)
     self:close()
   end)
   return self
+end
+
+function Announcer:_sign()
+  local pkt, err = core.sign(self.secret, { relays = self.relay_urls, addrs = self.addrs,
+    ttl = 30 }, core.now_us())
+  if not pkt then
+    return nil, err
+  end
+  self.packet = pkt
+  return true
+end
+
+--- Announce a new record at once: opts.addrs and/or opts.relay_urls replace the old lists.
+-- Returns true, or nil and an error (the old record stays).
+function Announcer:update(opts)
+  check_table("announcer:update", opts, { addrs = true, relay_urls = true }, 2)
+  local old_a, old_r = self.addrs, self.relay_urls
+  self.addrs, self.relay_urls = opts.addrs or old_a, opts.relay_urls or old_r
+  local ok, err = self:_sign()
+  if not ok then
+    self.addrs, self.relay_urls = old_a, old_r
+    return nil, err
+  end
+  self:send()
+  return true
 end
 
 function Announcer:send()

@@ -146,8 +146,8 @@ function Client:_new_ice(timing)
   return sess, err
 end
 
---- Start over with a fresh ICE session (new credentials, a new session id, the same socket
--- and listeners): on_offer / on_offer_fields follow again once gathered. `timing` overrides
+--- Start over with a fresh ICE session (new credentials, a new session id, a new UDP socket,
+-- the same listeners): on_offer / on_offer_fields follow again once gathered. `timing` overrides
 -- the ICE timing of the new session (e.g. { hold_ms = 0 } to lead). For signaling channels
 -- that can carry a second offer (nostr mode); not after an answer led to a connection.
 -- Returns true, or nil and an error.
@@ -166,6 +166,13 @@ function Client:restart(timing)
   self.ice = nil
   if old then
     old:close()
+  end
+  -- A fresh socket: a NAT that keeps one public port per local socket (Linux) would otherwise
+  -- keep sending our packets from the port the first round spoiled.
+  local rok, rerr = self.client:rebind()
+  if not rok then
+    self:_finish("cannot restart ICE: " .. tostring(rerr))
+    return nil, rerr
   end
   self.answered, self.server_id, self.answered_at = nil, nil, nil
   self.session = sigblock.new_session()

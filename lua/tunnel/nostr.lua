@@ -44,10 +44,11 @@ M.CONNECT_TIMEOUT = 60
 --- Who sends the first ICE check matters behind a router that records unsolicited packets
 -- (the conntrack pitfall, docs/ice.md): the side behind it must send first. Round 1 lets the
 -- server lead (it starts as soon as its offer is out); when no path is found ROUND_MS after
--- the offer, the client starts round 2 on the same socket with fresh credentials and leads,
+-- the offer, the client starts round 2 on a fresh socket with fresh credentials and leads,
 -- while the server's fresh socket holds its first checks LEAD_HOLD_MS, long enough for the
--- offer to cross the relays. A fresh server socket means a fresh port, so the stale entry of
--- round 1 (keyed by that port) is out of the way.
+-- offer to cross the relays. Fresh sockets on both sides mean fresh ports, so neither the stale
+-- entry of round 1 nor the mapping it spoiled (Linux keeps one public port per local socket) is
+-- in the way.
 M.ROUNDS = 2
 M.ROUND_MS = 10000
 M.LEAD_HOLD_MS = 1500

@@ -13,6 +13,7 @@ local addr = require "tunnel.addr"
 local policy = require "tunnel.policy"
 local log = require("tunnel.log").group("auth")
 local flog = require("tunnel.log").group("fwd")
+local dlog = require("tunnel.log").group("discovery")
 local uv = require "luv"
 local host = require "tunnel.host"
 
@@ -266,9 +267,6 @@ function Server:vet(proto, name, port, cb)
   end)
 end
 
---- Announce the server on the local network (multicast: tunnel.lan), so that clients on the
--- same LAN find it by EndpointId with no relay or discovery server. Best effort: a network
--- without multicast only loses this convenience.
 --- The addresses a server listening on `listen_ip`:`port` can be reached at from the
 -- network: that address, or every non-loopback IPv4 interface address for a wildcard; none for
 -- a loopback listener (nothing to tell the network about).
@@ -291,6 +289,33 @@ local function direct_addrs(listen_ip, port)
   return addrs
 end
 
+-- Addresses that mean nothing to another host: loopback and link-local.
+local function host_only(a)
+  return a:match("^127%.") or a:match("^169%.254%.") or a:match("^%[::1%]:") or
+    a:lower():match("^%[fe[89ab]") or a:lower():match("^%[::ffff:127%.")
+end
+
+--- The direct addresses of the record: for a wildcard listener with hole punching (a relay),
+-- the addresses hole punching advertises (interfaces, and the public mappings STUN and peers
+-- report) without loopback and link-local ones; otherwise direct_addrs. At most 16, distinct.
+local function record_addrs(self)
+  local list = not self.listen_specific and self.core:local_addrs()
+  if not list then
+    return direct_addrs(self.listen_ip, self.port)
+  end
+  local out, seen = {}, {}
+  for _, a in ipairs(list) do
+    if not seen[a] and not host_only(a) and #out < 16 then
+      seen[a] = true
+      out[#out + 1] = a
+    end
+  end
+  return out
+end
+
+--- Announce the server on the local network (multicast: tunnel.lan), so that clients on the
+-- same LAN find it by EndpointId with no relay or discovery server. Best effort: a network
+-- without multicast only loses this convenience.
 local function announce_lan(self, secret, addrs)
   if #addrs == 0 then
     return
@@ -384,9 +409,49 @@ function M.start_relay(core_obj, secret, opts)
   return url
 end
 
+local function same(a, b)
+  if #a ~= #b then
+    return false
+  end
+  for i = 1, #a do
+    if a[i] ~= b[i] then
+      return false
+    end
+  end
+  return true
+end
+
+--- Hole punching says our addresses changed (a new interface address, a new public mapping):
+-- republish the record and re-announce on the LAN with the new list.
+local function addrs_event(self)
+  local addrs = record_addrs(self)
+  if same(addrs, self.addrs or {}) then
+    return
+  end
+  self.addrs = addrs
+  dlog.info("addresses changed: %s", #addrs > 0 and table.concat(addrs, ", ") or "none")
+  if self.publisher then
+    local ok, err = pcall(self.publisher.update, self.publisher, { addrs = addrs })
+    if not ok then
+      dlog.warn("cannot republish the record: %s", tostring(err))
+    end
+  end
+  if self.lan and self.lan.update then
+    local ok, res, err = pcall(self.lan.update, self.lan, { addrs = addrs })
+    if not ok or not res then
+      dlog.warn("cannot update the LAN announcement: %s", tostring(ok and err or res))
+    end
+  elseif self.start_lan then
+    self.start_lan(addrs)
+  end
+end
+
 local function on_event(self, ev)
   local t = ev.type
-  if t == "relay" then
+  if t == "addrs" then
+    addrs_event(self)
+    return
+  elseif t == "relay" then
     self.relay_states = self.relay_states or {}
     M.log_relay(self.relay_states, ev)
     return
@@ -520,10 +585,22 @@ function M.new(opts)
   end
   local ip, port = srv:local_addr()
   self.address_text, self.port = ip, port
-  local addrs = direct_addrs(hp.host, port)
+  self.listen_ip = hp.host
+  self.listen_specific = hp.host ~= "0.0.0.0" and hp.host ~= "::"
+  local addrs = record_addrs(self)
+  self.addrs = addrs
   publish(self, secret, opts, addrs)
   if opts.lan_announce then
     announce_lan(self, secret, addrs)
+    if not self.lan then
+      -- Nothing to announce yet (or no multicast): try again when addresses appear.
+      self.start_lan = function(list)
+        announce_lan(self, secret, list)
+        if self.lan then
+          self.start_lan = nil
+        end
+      end
+    end
   end
   return self
 end

@@ -8,14 +8,21 @@
 #include "util/sockaddr.h"
 
 #include <sodium.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_LOCAL      (TUN_DISCO_MAX_ADDRS)
+#define MAX_LOCAL TUN_HOLEPUNCH_MAX_ADDRS
+_Static_assert(MAX_LOCAL <= TUN_DISCO_MAX_ADDRS, "one CALL_ME_MAYBE carries every address");
 #define FAST_MS        500   /* ping interval while no direct path is known, at first */
 #define FAST_PERIOD_MS 15000 /* how long the fast interval lasts after a start or a CMM */
 #define CMM_MS         5000  /* CALL_ME_MAYBE again this often while relayed */
 #define TICK_MS        250
+#define IFACE_MS       15000  /* re-read the interface addresses this often (getifaddrs: cheap) */
+#define STUN_MS        180000 /* ask the STUN servers again this often */
+#define SEEN_TTL_MS    600000 /* a mapping a peer reported stays advertised this long unrefreshed */
+#define MAX_SEEN       4
+#define NEVER          UINT64_MAX
 
 struct peer {
     int used;
@@ -38,8 +45,21 @@ struct tun_holepunch {
     uint8_t pub[32];
     uv_timer_t *timer;
     struct tun_stun_probe *probe;
+    /* What we advertise (CALL_ME_MAYBE, and through on_addrs the discovery record) is the
+     * union of three sources, rebuilt when one changes: */
+    struct sockaddr_storage ifaces[MAX_LOCAL]; /* interface addresses with our port */
+    size_t nifaces;
+    struct sockaddr_storage mapped[TUN_HOLEPUNCH_MAX_STUN]; /* the last STUN probe's answers */
+    size_t nmapped;
+    struct {
+        struct sockaddr_storage addr;
+        uint64_t at_ms;
+    } seen[MAX_SEEN]; /* how peers saw us (PONGs) */
+    size_t nseen;
     struct sockaddr_storage local[MAX_LOCAL];
     size_t nlocal;
+    uint64_t next_gather_ms, next_stun_ms;
+    int restun; /* the interfaces changed while a probe ran: probe again when it ends */
     struct peer peers[TUN_HOLEPUNCH_MAX_PEERS];
 };
 
@@ -48,13 +68,33 @@ static uint64_t now_us(const struct tun_holepunch *hp)
     return uv_now(hp->loop) * 1000 + 1; /* > 0: paths treat 0 as "never" */
 }
 
-static void add_local(struct tun_holepunch *hp, const struct sockaddr *a)
+static int in_list(const struct sockaddr_storage *list, size_t n, const struct sockaddr *a)
 {
-    for (size_t i = 0; i < hp->nlocal; i++)
-        if (tun_sockaddr_equal((struct sockaddr *)&hp->local[i], a))
-            return;
-    if (hp->nlocal < MAX_LOCAL)
-        memcpy(&hp->local[hp->nlocal++], a, tun_sockaddr_len(a));
+    for (size_t i = 0; i < n; i++)
+        if (tun_sockaddr_equal((const struct sockaddr *)&list[i], a))
+            return 1;
+    return 0;
+}
+
+/* Append `a` unless it is there already or the list is full. */
+static void add_addr(struct sockaddr_storage *list, size_t *n, size_t max, const struct sockaddr *a)
+{
+    if (*n < max && !in_list(list, *n, a)) {
+        memset(&list[*n], 0, sizeof(list[*n]));
+        memcpy(&list[(*n)++], a, tun_sockaddr_len(a));
+    }
+}
+
+/* Both lists hold distinct addresses: same set, whatever the order. */
+static int same_set(const struct sockaddr_storage *a, size_t na, const struct sockaddr_storage *b,
+                    size_t nb)
+{
+    if (na != nb)
+        return 0;
+    for (size_t i = 0; i < na; i++)
+        if (!in_list(b, nb, (const struct sockaddr *)&a[i]))
+            return 0;
+    return 1;
 }
 
 static struct peer *find_peer(struct tun_holepunch *hp, const uint8_t key[32], int create)
@@ -115,6 +155,80 @@ static void ping(struct tun_holepunch *hp, struct peer *p, int idx)
         return;
     tun_qep_send_raw(hp->ep, (struct sockaddr *)&p->paths.p[idx].addr, pkt, (size_t)n);
     tun_paths_ping_sent(&p->paths, idx, m.txid, now_us(hp));
+}
+
+/* ---- our addresses -------------------------------------------------------------------------- */
+
+static void log_addrs(const struct tun_holepunch *hp)
+{
+    if (!tun_log_enabled(TUN_LOG_G_DISCO, TUN_LOG_DEBUG))
+        return;
+    char text[MAX_LOCAL * 50 + 8] = "", b[80];
+    size_t len = 0;
+    for (size_t i = 0; i < hp->nlocal && len < sizeof(text); i++) {
+        int n = snprintf(text + len, sizeof(text) - len, "%s%s", i ? " " : "",
+                         tun_sockaddr_format((const struct sockaddr *)&hp->local[i], b, sizeof(b)));
+        if (n < 0)
+            break;
+        len += (size_t)n;
+    }
+    tun_log_debug(DISCO, "our addresses: %s", hp->nlocal ? text : "none");
+}
+
+/* Rebuild the advertised list from its sources. When the set changed (and `notify`), tell the
+ * peers we are not talking to directly — they may find us at the new addresses — and the
+ * owner (on_addrs), who republishes the discovery record. */
+static void rebuild(struct tun_holepunch *hp, int notify)
+{
+    uint64_t now_ms = uv_now(hp->loop);
+    size_t k = 0;
+    for (size_t i = 0; i < hp->nseen; i++)
+        if (now_ms - hp->seen[i].at_ms < SEEN_TTL_MS)
+            hp->seen[k++] = hp->seen[i];
+    hp->nseen = k;
+    struct sockaddr_storage list[MAX_LOCAL];
+    size_t n = 0;
+    for (size_t i = 0; i < hp->nifaces; i++)
+        add_addr(list, &n, MAX_LOCAL, (struct sockaddr *)&hp->ifaces[i]);
+    for (size_t i = 0; i < hp->nmapped; i++)
+        add_addr(list, &n, MAX_LOCAL, (struct sockaddr *)&hp->mapped[i]);
+    for (size_t i = 0; i < hp->nseen; i++)
+        add_addr(list, &n, MAX_LOCAL, (struct sockaddr *)&hp->seen[i].addr);
+    if (same_set(list, n, hp->local, hp->nlocal))
+        return;
+    memcpy(hp->local, list, n * sizeof(list[0]));
+    hp->nlocal = n;
+    log_addrs(hp);
+    if (!notify)
+        return;
+    if (!hp->cfg.no_direct)
+        for (size_t i = 0; i < TUN_HOLEPUNCH_MAX_PEERS; i++)
+            if (hp->peers[i].used && hp->peers[i].current < 0)
+                send_cmm(hp, &hp->peers[i]);
+    if (hp->cbs.on_addrs)
+        hp->cbs.on_addrs(hp, hp->ud);
+}
+
+/* A peer's PONG says how it sees us: one of our mappings, worth advertising while peers keep
+ * confirming it. */
+static void saw_us(struct tun_holepunch *hp, const struct sockaddr *a)
+{
+    if (a->sa_family != AF_INET && a->sa_family != AF_INET6)
+        return;
+    uint64_t now_ms = uv_now(hp->loop);
+    size_t oldest = 0;
+    for (size_t i = 0; i < hp->nseen; i++) {
+        if (tun_sockaddr_equal((struct sockaddr *)&hp->seen[i].addr, a)) {
+            hp->seen[i].at_ms = now_ms;
+            return;
+        }
+        if (hp->seen[i].at_ms < hp->seen[oldest].at_ms)
+            oldest = i;
+    }
+    size_t slot = hp->nseen < MAX_SEEN ? hp->nseen++ : oldest;
+    memset(&hp->seen[slot].addr, 0, sizeof(hp->seen[slot].addr));
+    memcpy(&hp->seen[slot].addr, a, tun_sockaddr_len(a));
+    hp->seen[slot].at_ms = now_ms;
 }
 
 /* ---- path changes ------------------------------------------------------------------------------
@@ -206,9 +320,9 @@ static void handle(struct tun_holepunch *hp, struct peer *p, const struct tun_di
         if (!from)
             return;
         if (tun_paths_pong(&p->paths, m->txid, from, now_us(hp)) >= 0) {
-            /* The peer told us how it sees us: a mapping of ours, worth advertising. */
-            add_local(hp, (const struct sockaddr *)&m->addr);
-            /* Decide (and migrate) from the timer, outside the endpoint's receive path. */
+            saw_us(hp, (const struct sockaddr *)&m->addr);
+            /* Decide (and migrate), and advertise a new mapping, from the timer, outside the
+             * endpoint's receive path. */
             uv_timer_start(hp->timer, tick, 0, TICK_MS);
         }
         break;
@@ -266,30 +380,64 @@ static int stun_send(void *ud, const struct sockaddr *to, const uint8_t *data, s
 static void stun_done(struct tun_stun_probe *pr, const struct tun_stun_client *c, void *ud)
 {
     struct tun_holepunch *hp = ud;
+    /* The mappings are what the servers say now: one no server reports any more (a new NAT,
+     * a rebooted router) is dropped, even if every server failed this time. */
+    hp->nmapped = 0;
     for (size_t i = 0; i < c->n; i++) {
         const struct tun_stun_result *r = tun_stun_client_result(c, i);
         if (r && r->status == TUN_STUN_RES_OK) {
             char b[80];
             tun_log_debug(DISCO, "public address %s (STUN)",
                           tun_sockaddr_format((struct sockaddr *)&r->mapped, b, sizeof(b)));
-            add_local(hp, (struct sockaddr *)&r->mapped);
+            add_addr(hp->mapped, &hp->nmapped, TUN_HOLEPUNCH_MAX_STUN,
+                     (struct sockaddr *)&r->mapped);
         }
     }
     tun_stun_probe_close(pr);
     hp->probe = NULL;
-    /* Tell the peers we already talk to. */
-    for (size_t i = 0; i < TUN_HOLEPUNCH_MAX_PEERS; i++)
-        if (hp->peers[i].used && hp->peers[i].current < 0)
-            send_cmm(hp, &hp->peers[i]);
+    uint64_t now_ms = uv_now(hp->loop);
+    hp->next_stun_ms = hp->restun ? now_ms : now_ms + STUN_MS;
+    hp->restun = 0;
+    rebuild(hp, 1);
+}
+
+static void start_stun(struct tun_holepunch *hp)
+{
+    uint64_t now_ms = uv_now(hp->loop);
+    if (hp->probe || !hp->cfg.n_stun || hp->cfg.no_direct || now_ms < hp->next_stun_ms)
+        return;
+    int rc = tun_stun_probe_start(hp->loop, stun_send, hp, hp->cfg.stun, hp->cfg.n_stun, NULL,
+                                  stun_done, &hp->probe);
+    if (rc != 0) {
+        hp->probe = NULL;
+        hp->next_stun_ms = now_ms + STUN_MS;
+        tun_log_debug(DISCO, "STUN probe not started: %s", tun_strerror(rc));
+        return;
+    }
+    hp->next_stun_ms = NEVER; /* until it ends */
 }
 
 /* ---- the schedule ------------------------------------------------------------------------------
  */
 
+static int gather_interfaces(struct tun_holepunch *hp);
+
 static void tick(uv_timer_t *t)
 {
     struct tun_holepunch *hp = t->data;
     uint64_t now_ms = uv_now(hp->loop);
+    if (now_ms >= hp->next_gather_ms) {
+        hp->next_gather_ms = now_ms + IFACE_MS;
+        /* A new interface address may mean a new network, with another public mapping. */
+        if (gather_interfaces(hp)) {
+            if (hp->probe)
+                hp->restun = 1;
+            else
+                hp->next_stun_ms = now_ms;
+        }
+    }
+    start_stun(hp);
+    rebuild(hp, 1);
     for (size_t i = 0; i < TUN_HOLEPUNCH_MAX_PEERS; i++) {
         struct peer *p = &hp->peers[i];
         if (!p->used || hp->cfg.no_direct)
@@ -323,17 +471,21 @@ static void tick(uv_timer_t *t)
 /* ---- API ----------------------------------------------------------------------------------------
  */
 
-static void gather_interfaces(struct tun_holepunch *hp)
+/* Read the interface addresses (with the endpoint's port) into hp->ifaces; 1 when the set
+ * changed. */
+static int gather_interfaces(struct tun_holepunch *hp)
 {
     struct sockaddr_storage sock;
     if (tun_qep_local_addr(hp->ep, &sock) != 0)
-        return;
+        return 0;
     unsigned port = tun_sockaddr_port((struct sockaddr *)&sock);
     int dual = sock.ss_family == AF_INET6;
     uv_interface_address_t *ifs;
     int n;
     if (uv_interface_addresses(&ifs, &n) != 0)
-        return;
+        return 0; /* keep what we had: a transient failure is no change */
+    struct sockaddr_storage list[MAX_LOCAL];
+    size_t nlist = 0;
     for (int i = 0; i < n; i++) {
         struct sockaddr_storage a;
         memset(&a, 0, sizeof(a));
@@ -349,9 +501,14 @@ static void gather_interfaces(struct tun_holepunch *hp)
             continue;
         }
         /* Loopback only helps two processes on one machine, which is what the tests are. */
-        add_local(hp, (struct sockaddr *)&a);
+        add_addr(list, &nlist, MAX_LOCAL, (struct sockaddr *)&a);
     }
     uv_free_interface_addresses(ifs, n);
+    if (same_set(list, nlist, hp->ifaces, hp->nifaces))
+        return 0;
+    memcpy(hp->ifaces, list, nlist * sizeof(list[0]));
+    hp->nifaces = nlist;
+    return 1;
 }
 
 int tun_holepunch_new(uv_loop_t *loop, struct tun_qep *ep, struct tun_relaypath *rp,
@@ -382,10 +539,10 @@ int tun_holepunch_new(uv_loop_t *loop, struct tun_qep *ep, struct tun_relaypath 
         return TUN_ECRYPTO;
     }
     gather_interfaces(hp);
+    rebuild(hp, 0); /* the owner reads the first list with tun_holepunch_local_addrs */
+    hp->next_gather_ms = uv_now(loop) + IFACE_MS;
     tun_qep_set_other_handler(ep, other_cb, hp);
-    if (cfg->n_stun && !cfg->no_direct)
-        tun_stun_probe_start(loop, stun_send, hp, cfg->stun, cfg->n_stun, NULL, stun_done,
-                             &hp->probe);
+    start_stun(hp);
     uv_timer_init(loop, hp->timer);
     hp->timer->data = hp;
     uv_timer_start(hp->timer, tick, TICK_MS, TICK_MS);

@@ -13,6 +13,13 @@
  * follows the migration. Every change is logged ("path: relay -> direct 203.0.113.5:4433, rtt
  * 1.2 ms") and reported through on_path.
  *
+ * Our addresses are kept current: the interface addresses are read again every 15 s, the STUN
+ * servers asked again every 3 minutes and at once when the interfaces changed; the advertised
+ * list is the interface addresses, the mappings the last STUN probe reported (one no longer
+ * reported is dropped) and the mappings peers' PONGs reported in the last 10 minutes. When
+ * that set changes, peers not yet on a direct path get a new CALL_ME_MAYBE and on_addrs runs
+ * (the owner republishes its discovery record).
+ *
  * The endpoint's non-QUIC handler belongs to this object while it lives (disco and STUN
  * arrive there); do not use it for ICE at the same time.
  *
@@ -30,6 +37,7 @@
 
 #define TUN_HOLEPUNCH_MAX_PEERS 64
 #define TUN_HOLEPUNCH_MAX_STUN  4
+#define TUN_HOLEPUNCH_MAX_ADDRS 16 /* addresses advertised (what one CALL_ME_MAYBE carries) */
 
 struct tun_holepunch;
 
@@ -37,6 +45,9 @@ struct tun_holepunch_cbs {
     /* The path to `peer` changed: `direct` is the address now used, NULL for the relay. */
     void (*on_path)(struct tun_holepunch *hp, const uint8_t peer[32], const struct sockaddr *direct,
                     uint64_t rtt_us, void *ud);
+    /* The advertised addresses changed (read them with tun_holepunch_local_addrs). Not called
+     * for the first list, which is there when tun_holepunch_new returns. */
+    void (*on_addrs)(struct tun_holepunch *hp, void *ud);
 };
 
 struct tun_holepunch_cfg {
@@ -61,7 +72,8 @@ void tun_holepunch_forget(struct tun_holepunch *hp, const uint8_t peer[32]);
 void tun_holepunch_relay_input(struct tun_holepunch *hp, const uint8_t src[32], const uint8_t *data,
                                size_t len);
 
-/* Our addresses as advertised (interface addresses and STUN mappings). */
+/* Our addresses as advertised (interface addresses, then STUN and peer-reported mappings):
+ * copies at most `max` into `out`, returns how many there are. */
 size_t tun_holepunch_local_addrs(const struct tun_holepunch *hp, struct sockaddr_storage *out,
                                  size_t max);
 

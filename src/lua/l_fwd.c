@@ -41,14 +41,15 @@ enum ev_type {
     EV_CLOSED,
     EV_RELAY,
     EV_PATH,
+    EV_ADDRS,
 };
 
 static const char *const ev_names[] = {
-    "session", "auth",        "request",  "refused", "chan_closed", "session_closed",
-    "ready",   "auth_failed", "rejected", "closed",  "relay",       "path",
+    "session",     "auth",     "request", "refused", "chan_closed", "session_closed", "ready",
+    "auth_failed", "rejected", "closed",  "relay",   "path",        "addrs",
 };
 /* One name per event type: a new type without its name fails to compile. */
-_Static_assert(sizeof(ev_names) / sizeof(ev_names[0]) == EV_PATH + 1, "ev_names");
+_Static_assert(sizeof(ev_names) / sizeof(ev_names[0]) == EV_ADDRS + 1, "ev_names");
 
 struct lev {
     struct lev *next;
@@ -879,6 +880,17 @@ static void hp_on_path(struct tun_holepunch *hp, const uint8_t peer[32],
     e->rtt_us = rtt_us;
 }
 
+static void hp_on_addrs(struct tun_holepunch *hp, void *ud)
+{
+    (void)hp;
+    struct lobj *o = ud;
+    /* One queued event says it all: Lua reads the current list with local_addrs(). */
+    for (struct lev *e = o->head; e; e = e->next)
+        if (e->type == EV_ADDRS)
+            return;
+    ev_new(o, EV_ADDRS);
+}
+
 static struct lobj *check_any(lua_State *L)
 {
     struct lobj **p = luaL_testudata(L, 1, SERVER_MT);
@@ -971,7 +983,7 @@ static int l_obj_relay(lua_State *L)
         }
     }
     lua_pop(L, 1);
-    struct tun_holepunch_cbs hcbs = {.on_path = hp_on_path};
+    struct tun_holepunch_cbs hcbs = {.on_path = hp_on_path, .on_addrs = hp_on_addrs};
     rc = tun_holepunch_new(luv_loop(L), ep, o->rp, &hcfg, &hcbs, o, &o->hp);
     sodium_memzero(hcfg.secret, sizeof(hcfg.secret));
     if (rc != 0)
@@ -1027,6 +1039,28 @@ static int l_obj_relay_stats(lua_State *L)
     return 1;
 }
 
+/* local_addrs() -> { "ip:port", ... }: the addresses hole punching advertises (interfaces,
+ * STUN and peer-reported mappings), or nil without relay() (no hole punching). An "addrs"
+ * event says when they changed. */
+static int l_obj_local_addrs(lua_State *L)
+{
+    struct lobj *o = check_any(L);
+    if (!o->hp) {
+        lua_pushnil(L);
+        return 1;
+    }
+    struct sockaddr_storage list[TUN_HOLEPUNCH_MAX_ADDRS];
+    size_t n = tun_holepunch_local_addrs(o->hp, list, TUN_HOLEPUNCH_MAX_ADDRS);
+    if (n > TUN_HOLEPUNCH_MAX_ADDRS)
+        n = TUN_HOLEPUNCH_MAX_ADDRS;
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        push_addr(L, (struct sockaddr *)&list[i]);
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    return 1;
+}
+
 /* connect_key(server_key) -> true | nil, err: dial the server through the relay. */
 static int l_client_connect_key(lua_State *L)
 {
@@ -1069,6 +1103,21 @@ static int l_client_connect(lua_State *L)
     if (rc != 0) {
         lua_pushnil(L);
         lua_pushfstring(L, "cannot connect to %s port %d: %s", ip, port, tun_strerror(rc));
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* rebind() -> true | nil, err: a deferred client that has not dialled moves to a fresh UDP
+ * socket (a new port, so new NAT mappings) before another round of ICE. */
+static int l_client_rebind(lua_State *L)
+{
+    struct lobj *o = *check_obj(L, 1, CLIENT_MT);
+    int rc = tun_qep_rebind(tun_fwd_client_endpoint(o->cli));
+    if (rc != 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot move to a new UDP socket: %s", tun_strerror(rc));
         return 2;
     }
     lua_pushboolean(L, 1);
@@ -1170,12 +1219,14 @@ int luaopen_tunnel_core_fwd(lua_State *L)
         {"closed", l_obj_closed},
         {"relay", l_obj_relay},
         {"relay_stats", l_obj_relay_stats},
+        {"local_addrs", l_obj_local_addrs},
         {NULL, NULL},
     };
     static const luaL_Reg client_methods[] = {
         {"add", l_client_add},
         {"listen_addr", l_client_listen_addr},
         {"connect", l_client_connect},
+        {"rebind", l_client_rebind},
         {"endpoint_addr", l_client_endpoint_addr},
         {"stats", l_client_stats},
         {"close", l_obj_close},
@@ -1183,6 +1234,7 @@ int luaopen_tunnel_core_fwd(lua_State *L)
         {"relay", l_obj_relay},
         {"relay_stats", l_obj_relay_stats},
         {"connect_key", l_client_connect_key},
+        {"local_addrs", l_obj_local_addrs},
         {NULL, NULL},
     };
     const char *names[] = {SERVER_MT, CLIENT_MT};

@@ -344,6 +344,36 @@ static void batch_cb(struct tun_udp *u, void *ud)
 
 /* ---- lifecycle -------------------------------------------------------------------------- */
 
+int tun_qep_rebind(struct tun_qep *ep)
+{
+    if (ep->closing)
+        return TUN_ECLOSED;
+    if (ep->conns)
+        return TUN_EINVAL;
+    struct sockaddr_storage bind_addr = ep->local;
+    if (bind_addr.ss_family == AF_INET)
+        ((struct sockaddr_in *)&bind_addr)->sin_port = 0;
+    else
+        ((struct sockaddr_in6 *)&bind_addr)->sin6_port = 0;
+    struct tun_udp *u = NULL;
+    struct sockaddr_storage local;
+    int rc = tun_udp_new(ep->loop, (struct sockaddr *)&bind_addr, &u);
+    if (rc == 0)
+        rc = tun_udp_local_addr(u, &local);
+    if (rc == 0)
+        rc = tun_udp_start(u, recv_cb, batch_cb, ep);
+    if (rc != 0) {
+        if (u)
+            tun_udp_close(u, NULL, NULL);
+        return rc;
+    }
+    tun_udp_close(ep->udp, NULL, NULL);
+    ep->udp = u;
+    ep->local = local;
+    ep->locallen = tun_sockaddr_len((struct sockaddr *)&ep->local);
+    return 0;
+}
+
 int tun_qep_new(uv_loop_t *loop, const struct sockaddr *bind_addr, const uint8_t secret[32],
                 int is_server, const struct tun_quic_config *cfg, const struct tun_qep_cbs *cbs,
                 void *ud, struct tun_qep **out)

@@ -97,6 +97,16 @@ int tun_qep_new(uv_loop_t *loop, const struct sockaddr *bind_addr, const uint8_t
                 int is_server, const struct tun_quic_config *cfg, const struct tun_qep_cbs *cbs,
                 void *ud, struct tun_qep **out);
 int tun_qep_local_addr(struct tun_qep *ep, struct sockaddr_storage *ss);
+
+/*
+ * Move an endpoint that has no connection yet to a fresh UDP socket: same local address, a
+ * new port chosen by the kernel. The old socket's NAT mappings go with it: a NAT that keeps
+ * one public port per local socket (Linux MASQUERADE) gives the new socket a new mapping, which
+ * is what a second round of ICE needs after the first round's mapping went bad (the conntrack
+ * pitfall, docs/ice.md). Returns 0, TUN_EINVAL (connections exist), TUN_ECLOSED (closing), or
+ * the error of creating the socket (the old one is kept then).
+ */
+int tun_qep_rebind(struct tun_qep *ep);
 /* Close every connection (application code `code`), then the socket; `closed` runs after. */
 void tun_qep_close(struct tun_qep *ep, uint64_t code, void (*closed)(void *ud), void *ud);
 
