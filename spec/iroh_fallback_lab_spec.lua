@@ -67,7 +67,7 @@ except Exception as e:
 ]]
 
 local function start(lab)
-  local env = { TUNNEL_LOG = false, XDG_RUNTIME_DIR = lab:tmpdir() }
+  local env = { TUNNEL_LOG = os.getenv("SPEC_TUNNEL_LOG") or false, XDG_RUNTIME_DIR = lab:tmpdir() }
   local dir = lab:tmpdir()
   local relay = lab:spawn("srv", { H.BIN, "relay", "--listen", SRV1 .. ":3340", "--stun-listen",
     SRV1 .. ":3478" }, { env = env })

@@ -81,6 +81,12 @@ void tun_paths_traffic(struct tun_paths *ps, uint64_t now_us)
         p->trusted_until_us = now_us + TUN_PATH_TRUST_US;
 }
 
+void tun_paths_distrust(struct tun_paths *ps, int idx)
+{
+    if (idx >= 0 && (size_t)idx < ps->n)
+        ps->p[idx].trusted_until_us = 0;
+}
+
 static int trusted(const struct tun_path *p, uint64_t now_us)
 {
     return p->trusted_until_us > now_us;

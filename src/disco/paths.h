@@ -53,6 +53,10 @@ void tun_paths_init(struct tun_paths *ps);
  * TUN_ETOOBIG (TUN_PATHS_MAX candidates already). */
 int tun_paths_add(struct tun_paths *ps, const struct sockaddr *addr);
 
+/* Path `idx` is not to be trusted any more (it failed a probe while traffic went unanswered):
+ * the next tun_paths_select leaves it unless a pong or traffic vouches for it again. */
+void tun_paths_distrust(struct tun_paths *ps, int idx);
+
 /* Index of `addr`, or TUN_ERANGE. */
 int tun_paths_find(const struct tun_paths *ps, const struct sockaddr *addr);
 

@@ -18,6 +18,8 @@ _Static_assert(MAX_LOCAL <= TUN_DISCO_MAX_ADDRS, "one CALL_ME_MAYBE carries ever
 #define FAST_PERIOD_MS 15000 /* how long the fast interval lasts after a start or a CMM */
 #define CMM_MS         5000  /* CALL_ME_MAYBE again this often while relayed */
 #define TICK_MS        250
+#define SILENCE_MS     1000   /* sending on a direct path with nothing back this long: probe it */
+#define PROBE_MS       1000   /* and distrust it when the probe is not answered this long */
 #define IFACE_MS       15000  /* re-read the interface addresses this often (getifaddrs: cheap) */
 #define STUN_MS        180000 /* ask the STUN servers again this often */
 #define SEEN_TTL_MS    600000 /* a mapping a peer reported stays advertised this long unrefreshed */
@@ -29,9 +31,12 @@ struct peer {
     uint8_t key[32];
     uint8_t shared[32];
     struct tun_paths paths;
-    struct tun_qconn *conn; /* the connection we dialled (we migrate it), or NULL */
-    int current;            /* path index carrying the connection, -1: relay */
-    uint64_t rx_packets;    /* of conn, at the last tick */
+    struct tun_qconn *conn;          /* the connection we dialled (we migrate it), or NULL */
+    int current;                     /* path index carrying the connection, -1: relay */
+    uint64_t rx_packets;             /* of conn, at the last tick */
+    uint64_t tx_packets;             /* of conn, at the last tick */
+    uint64_t last_rx_ms, last_tx_ms; /* when conn's packet counters last moved (direct path) */
+    uint64_t probe_ms;               /* a silence probe of the current path went out then */
     uint64_t fast_until_ms, last_cmm_ms, last_fast_ms;
 };
 
@@ -422,6 +427,33 @@ static void start_stun(struct tun_holepunch *hp)
 
 static int gather_interfaces(struct tun_holepunch *hp);
 
+/* We keep sending on the direct path but nothing has come back for SILENCE_MS: the peer
+ * would be acknowledging, so the path may have died. Ping it at once rather than at the next
+ * regular ping; no pong within PROBE_MS either, and it loses its trust, so traffic goes back to
+ * the relay within about two seconds instead of the ~6.5 s trust window. A path whose packets
+ * keep arriving is never touched (the counters reset the clock). */
+static void silence_check(struct tun_holepunch *hp, struct peer *p, uint64_t now_ms)
+{
+    if (p->last_tx_ms <= p->last_rx_ms || now_ms - p->last_rx_ms < SILENCE_MS)
+        return;
+    if (!p->probe_ms) {
+        p->probe_ms = now_ms;
+        ping(hp, p, p->current);
+        return;
+    }
+    if (now_ms - p->probe_ms >= PROBE_MS &&
+        p->paths.p[p->current].last_pong_us / 1000 < p->probe_ms) {
+        /* Whatever broke this path (a NAT reboot, a new network) most likely broke the other
+         * direct candidates too: keep only those that answered since the probe went out. */
+        for (size_t k = 0; k < p->paths.n; k++)
+            if (p->paths.p[k].last_pong_us / 1000 < p->probe_ms)
+                tun_paths_distrust(&p->paths, (int)k);
+        tun_log_debug(DISCO, "direct path silent for %u ms and a probe went unanswered",
+                      (unsigned)(now_ms - p->last_rx_ms));
+        p->probe_ms = 0;
+    }
+}
+
 static void tick(uv_timer_t *t)
 {
     struct tun_holepunch *hp = t->data;
@@ -449,9 +481,16 @@ static void tick(uv_timer_t *t)
         if (p->conn && p->current >= 0) {
             struct tun_qconn_stats st;
             tun_qconn_get_stats(p->conn, &st);
-            if (st.rx_packets > p->rx_packets)
+            if (st.rx_path_packets > p->rx_packets) {
                 tun_paths_traffic(&p->paths, now_us(hp));
-            p->rx_packets = st.rx_packets;
+                p->last_rx_ms = now_ms;
+                p->probe_ms = 0;
+            }
+            if (st.tx_packets > p->tx_packets)
+                p->last_tx_ms = now_ms;
+            p->rx_packets = st.rx_path_packets;
+            p->tx_packets = st.tx_packets;
+            silence_check(hp, p, now_ms);
         }
         if (p->current < 0 && now_ms < p->fast_until_ms) {
             if (now_ms - p->last_fast_ms >= FAST_MS) {

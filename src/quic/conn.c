@@ -480,6 +480,9 @@ void tun__qconn_read(struct tun_qconn *c, const struct sockaddr *local, const st
     ngtcp2_pkt_info pi = {.ecn = (uint8_t)ecn};
     c->rx_bytes += len;
     c->rx_packets++;
+    /* Packets on other paths (probes of an old path, say) prove nothing about this one. */
+    if (tun_sockaddr_equal(from, (struct sockaddr *)&c->remote))
+        c->rx_path_packets++;
     int rv = ngtcp2_conn_read_pkt(c->conn, &path, &pi, data, len, tun__now());
     if (rv != 0) {
         tun_log_debug(QUIC, "conn %llu: read: %s", (unsigned long long)c->id, ngtcp2_strerror(rv));
@@ -817,6 +820,7 @@ void tun_qconn_get_stats(struct tun_qconn *c, struct tun_qconn_stats *st)
     st->rx_bytes = c->rx_bytes;
     st->tx_packets = c->tx_packets;
     st->rx_packets = c->rx_packets;
+    st->rx_path_packets = c->rx_path_packets;
     st->datagrams_dropped = c->dgrams_dropped;
     st->streams = c->nstreams;
     if (c->ready)
@@ -902,6 +906,8 @@ int tun_qconn_migrate(struct tun_qconn *c, const struct sockaddr *local,
                       : ngtcp2_conn_initiate_immediate_migration(c->conn, &path, tun__now());
     switch (rv) {
     case 0:
+        memcpy(&c->remote, remote, tun_sockaddr_len(remote));
+        c->remotelen = tun_sockaddr_len(remote);
         tun__qep_mark_dirty(c->ep, c);
         return 0;
     case NGTCP2_ERR_INVALID_STATE:

@@ -115,6 +115,7 @@ struct tun_qconn {
     size_t dq_len;
     uint64_t dgrams_dropped;
     uint64_t tx_bytes, rx_bytes, tx_packets, rx_packets;
+    uint64_t rx_path_packets; /* received from the current path's remote address */
     uint32_t nstreams;
     /* original DCID chosen by the client, routed until the handshake completes (server) */
     ngtcp2_cid odcid;

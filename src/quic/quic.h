@@ -86,6 +86,7 @@ struct tun_qconn_stats {
     uint64_t srtt_us, min_rtt_us, rttvar_us;
     uint64_t cwnd, bytes_in_flight;
     uint64_t tx_bytes, rx_bytes, tx_packets, rx_packets;
+    uint64_t rx_path_packets; /* of rx_packets, those from the current path's remote address */
     uint64_t datagrams_dropped;
     uint32_t streams;
     char cipher[64];
