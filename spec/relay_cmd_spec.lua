@@ -81,6 +81,28 @@ describe("tunnel relay", function()
     procs = {}
   end)
 
+  it("tells its clients it is restarting, and exits 0 on SIGTERM with clients connected",
+    function()
+      -- Under ASan (make test SANITIZE=1) a connection the shutdown leaves behind is a leak
+      -- report and a non-zero exit.
+      local p, port = start()
+      local dir = H.tmpdir()
+      local key = dir .. "/server.key"
+      assert.equal(0, H.tunnel({ "generate-server-key", "--output", key }).code)
+      local token = H.tunnel({ "generate-token" }).stdout:gsub("%s+$", "")
+      local srv = H.start({ "server", "--listen", "127.0.0.1:0", "--secret-file", key,
+        "--auth-tokens", token, "--allowed-tcp", "127.0.0.0/8", "--relay-url",
+        "http://127.0.0.1:" .. port }, { env = { XDG_RUNTIME_DIR = dir, HOME = dir } })
+      procs[#procs + 1] = srv
+      assert(srv:wait_output("relay http://127%.0%.0%.1:%d+: connected", 20),
+        "server did not connect: " .. srv.stderr)
+      p:kill("sigterm")
+      p:wait(20)
+      assert.equal(0, p.code, p.stderr)
+      assert(srv:wait_output("the relay is restarting %(back in 1000 ms%)", 10),
+        "no RESTARTING seen by the client: " .. srv.stderr)
+    end)
+
   it("answers /ping, /metrics and 404, and exits 0 on SIGTERM", function()
     local p, port = start({ "--stun-listen", "127.0.0.1:0" })
     assert.matches("STUN responder on 127%.0%.0%.1:%d+", p.stdout)

@@ -247,8 +247,12 @@ static void conn_close(struct conn *c)
     }
     if (c->authed)
         srv->st.clients--;
-    if (c->s)
-        tun_wstream_close(c->s);
+    if (c->s) {
+        if (c->srv->closing)
+            tun_wstream_close_now(c->s); /* the host stops the loop right after its closers */
+        else
+            tun_wstream_close(c->s);
+    }
     c->s = NULL;
     if (c->prev)
         c->prev->next = c->next;

@@ -534,6 +534,26 @@ void tun_wstream_close(struct tun_wstream *s)
     uv_close((uv_handle_t *)&s->tcp, closed_cb);
 }
 
+void tun_wstream_close_now(struct tun_wstream *s)
+{
+    if (!s->closing) {
+        if (s->tls && s->handshaken && !s->ended) {
+            gnutls_bye(s->tls, GNUTLS_SHUT_WR);
+            flush_cout(s);
+        }
+        s->closing = 1;
+        uv_read_stop((uv_stream_t *)&s->tcp);
+    }
+    /* Our handles close here, with our callbacks, before anyone walks the loop. */
+    if (s->linger) {
+        s->linger->data = NULL;
+        uv_close((uv_handle_t *)s->linger, linger_closed);
+        s->linger = NULL;
+    }
+    if (!uv_is_closing((uv_handle_t *)&s->tcp))
+        uv_close((uv_handle_t *)&s->tcp, closed_cb);
+}
+
 int tun_wstream_load_cert(const char *cert_file, const char *key_file,
                           gnutls_certificate_credentials_t *out, char *err, size_t errlen)
 {

@@ -72,6 +72,11 @@ int tun_wstream_is_tls(const struct tun_wstream *s);
  * has closed the handle. */
 void tun_wstream_close(struct tun_wstream *s);
 
+/* The same without the lingering: what is already written goes out (libuv writes at once when
+ * nothing is queued), anything still queued is dropped, and the handle closes now. For
+ * shutdown, where the loop will not run for seconds more. */
+void tun_wstream_close_now(struct tun_wstream *s);
+
 /* Load a PEM certificate chain and key into new credentials (for `--tls-cert`/`--tls-key`).
  * 0, or TUN_EINVAL with a message in `err` (what failed and why). */
 int tun_wstream_load_cert(const char *cert_file, const char *key_file,
