@@ -103,6 +103,29 @@ describe("tunnel relay", function()
         "no RESTARTING seen by the client: " .. srv.stderr)
     end)
 
+  it("limits discovery requests per address with 429 and Retry-After", function()
+    local _, port = start()
+    local key = "/pkarr/" .. string.rep("y", 52)
+    local codes, limited = {}, nil
+    for _ = 1, 60 do
+      local status, answer = get(port, key)
+      local k = tostring(status)
+      codes[k] = (codes[k] or 0) + 1
+      if status == 429 then
+        limited = answer
+      end
+    end
+    -- A burst of 30 (and a few refilled meanwhile) are answered (400: not a valid key); the
+    -- rest are refused before anything is parsed.
+    assert.truthy(60 - (codes["429"] or 0) >= 30, "codes: " .. require("cjson").encode(codes))
+    assert.truthy(codes["429"], "never limited")
+    assert.matches("\r\nRetry%-After: %d+\r\n", limited)
+    local _, body = get(port, "/metrics")
+    assert.matches("\ntunnel_relay_pkarr_rate_limited_total [1-9]%d*\n", body)
+    -- Other routes are not limited.
+    assert.equal(200, (get(port, "/ping")))
+  end)
+
   it("answers /ping, /metrics and 404, and exits 0 on SIGTERM", function()
     local p, port = start({ "--stun-listen", "127.0.0.1:0" })
     assert.matches("STUN responder on 127%.0%.0%.1:%d+", p.stdout)

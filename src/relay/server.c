@@ -1,5 +1,6 @@
 #include "relay/server.h"
 #include "discovery/pkarr.h"
+#include "relay/iplimit.h"
 #include "ice/stun_server.h"
 #include "relay/frame.h"
 #include "relay/queue.h"
@@ -86,6 +87,7 @@ struct tun_relay_server {
     size_t *token_len;
     size_t n_tokens;
     struct tun_pkarr_store *pkarr;
+    struct tun_iplimit pkarr_limit;
     struct conn **tab;
     size_t tab_size, tab_n;
     uint8_t hkey[crypto_shorthash_KEYBYTES];
@@ -114,6 +116,25 @@ static uint64_t wall_us(void)
 static const char *peer(const struct conn *c)
 {
     return c->s ? tun_wstream_peer(c->s) : "?";
+}
+
+/* "192.0.2.1:443" -> "192.0.2.1", "[2001:db8::1]:443" -> "2001:db8::1": the source without
+ * its port, for per-address limits. */
+static const char *addr_key(const char *p, char *out, size_t cap)
+{
+    const char *start = p, *end;
+    if (*p == '[') {
+        start = p + 1;
+        end = strchr(start, ']');
+    } else {
+        end = strrchr(p, ':');
+    }
+    size_t n = end ? (size_t)(end - start) : strlen(start);
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(out, start, n);
+    out[n] = '\0';
+    return out;
 }
 
 /* ---- the client table ----------------------------------------------------------------------- */
@@ -186,6 +207,7 @@ static void server_maybe_done(struct tun_relay_server *srv)
         return;
     void (*cb)(void *) = srv->closed;
     void *ud = srv->closed_ud;
+    tun_iplimit_free(&srv->pkarr_limit);
     if (srv->pkarr) {
         tun_pkarr_store_free(srv->pkarr);
         free(srv->pkarr);
@@ -457,6 +479,8 @@ static const struct metric metrics[] = {
       pkarr_gets),
     M("tunnel_relay_pkarr_misses_total", "counter", "Discovery GETs for an unknown key.",
       pkarr_misses),
+    M("tunnel_relay_pkarr_rate_limited_total", "counter",
+      "Discovery requests refused with 429 (over the per-address rate).", pkarr_rate_limited),
 };
 #undef M
 
@@ -624,6 +648,18 @@ static void route(struct conn *c)
     }
     if (srv->pkarr && plen > 7 && memcmp(path, "/pkarr/", 7) == 0) {
         int put = strcmp(h->method, "PUT") == 0;
+        /* Per source address, so that one host cannot flood the store or scan it. */
+        char key[TUN_IPLIMIT_KEY_MAX];
+        uint32_t retry = 0;
+        if (tun_iplimit_take(&srv->pkarr_limit, addr_key(peer(c), key, sizeof(key)),
+                             uv_hrtime() / 1000, &retry) != 0) {
+            char ra[16];
+            snprintf(ra, sizeof(ra), "%u", (unsigned)retry);
+            const char *extra[] = {"Retry-After", ra, NULL};
+            srv->st.pkarr_rate_limited++;
+            respond(c, 429, "text/plain; charset=utf-8", "too many requests\n", 18, extra);
+            return;
+        }
         if (!get && !put) {
             const char *allow[] = {"Allow", "GET, PUT", NULL};
             respond(c, 405, "text/plain; charset=utf-8", "method not allowed\n", 19, allow);
@@ -1214,6 +1250,9 @@ int tun_relay_server_new(uv_loop_t *loop, const struct tun_relay_server_cfg *cfg
             rc = TUN_ENOMEM;
         }
     }
+    if (rc == 0 && cfg->pkarr_capacity)
+        rc = tun_iplimit_init(&srv->pkarr_limit, 256, cfg->pkarr_rate ? cfg->pkarr_rate : 10,
+                              cfg->pkarr_burst ? cfg->pkarr_burst : 30);
     if (rc == 0 && cfg->pkarr_capacity) {
         srv->pkarr = calloc(1, sizeof(*srv->pkarr));
         rc = srv->pkarr ? tun_pkarr_store_init(srv->pkarr, cfg->pkarr_capacity) : TUN_ENOMEM;
@@ -1223,6 +1262,7 @@ int tun_relay_server_new(uv_loop_t *loop, const struct tun_relay_server_cfg *cfg
         }
     }
     if (rc != 0) {
+        tun_iplimit_free(&srv->pkarr_limit);
         free(srv->tab);
         free(srv->allow);
         free(srv->tokens);

@@ -50,6 +50,8 @@ struct tun_relay_server_cfg {
     size_t n_tokens;
 
     size_t pkarr_capacity; /* slots of the discovery store; 0 disables /pkarr (404) */
+    /* /pkarr requests per second per source address, and the burst [10, 30]; beyond: 429 */
+    uint32_t pkarr_rate, pkarr_burst;
 
     /* Timers in milliseconds, 0 = default. */
     uint64_t auth_timeout_ms; /* WebSocket open -> CLIENT_AUTH [10000] */
@@ -81,6 +83,7 @@ struct tun_relay_server_stats {
     uint64_t pkarr_conflicts;      /* 409 */
     uint64_t pkarr_gets;           /* 200 */
     uint64_t pkarr_misses;         /* 404 for a valid key */
+    uint64_t pkarr_rate_limited;   /* 429 answers */
 };
 
 /*
