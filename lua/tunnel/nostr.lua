@@ -98,7 +98,9 @@ local function check_common(what, opts, known)
 end
 
 -- What both roles share: keys, the pool, the subscription, sealing and opening messages.
-local function channel(self, opts)
+-- `since`: the oldest events to receive (relays do not store ours, so anything older than our
+-- start can only be a replay).
+local function channel(self, opts, since)
   local me, err = ckeys.nostr_public(opts.secret)
   if not me then
     return nil, "the Nostr secret key is not valid: " .. tostring(err)
@@ -124,7 +126,7 @@ local function channel(self, opts)
   })
   self.sub = self.pool:subscribe({ {
     kinds = { M.KIND }, authors = { self.peer_hex }, ["#p"] = { self.me_hex },
-    ["#t"] = { self.pair }, since = os.time() - M.MAX_REQUEST_AGE,
+    ["#t"] = { self.pair }, since = since,
   } }, function(ev, url)
     self:_event(ev, url)
   end)
@@ -204,7 +206,7 @@ function M.client(opts)
     republish = (opts.republish_interval or 5) * 1000, max_wait = (opts.max_wait or 120) * 1000,
     started = uv.hrtime(), round = 1,
   }, Client)
-  local ok, err = channel(self, opts)
+  local ok, err = channel(self, opts, os.time() - M.MAX_REQUEST_AGE)
   if not ok then
     return nil, err
   end
@@ -442,7 +444,9 @@ function M.server(opts)
       udp_idle_timeout = opts.udp_idle_timeout, ice_timing = opts.ice_timing,
     },
   }, Server)
-  local ok, err = channel(self, opts)
+  -- Requests made before this server started are replays (or too late): a restarted server
+  -- must not serve a request captured from its previous life.
+  local ok, err = channel(self, opts, os.time())
   if not ok then
     return nil, err
   end
@@ -539,7 +543,15 @@ function Server:_event(ev)
     return self:_reply(seen, "reject", { session = msg.session,
       reason = ("bad request: field '%s' %s"):format(name, ferr):sub(1, 512) })
   end
-  self:_start(seen, fields, msg.lead == "client")
+  -- A failure of ours must still answer the client, not leave it waiting for max_wait.
+  local sok, serr = pcall(self._start, self, seen, fields, msg.lead == "client")
+  if not sok then
+    log.error("session %s: %s", msg.session, tostring(serr))
+    if not seen.reply then
+      self:_reply(seen, "reject", { session = msg.session,
+        reason = "the server failed to start the session (internal error; see its log)" })
+    end
+  end
 end
 
 function Server:_reply(seen, mtype, msg)

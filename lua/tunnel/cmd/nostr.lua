@@ -37,8 +37,8 @@ function M.configure(c, role)
   c:option("--ice-host", "Use only this local address as a host candidate (repeatable).")
     :argname("<ip>"):count("*")
   if role == "client" then
-    c:option("--republish-interval", "Seconds before the request is published again " ..
-      "(doubles each time, up to 60; default 5).")
+    c:option("--republish-interval", "Seconds before publishing the request again " ..
+      "(doubled each time up to 60; default 5).")
       :argname("<s>"):convert(tonumber)
     c:option("--max-wait", "Give up when the server has not answered after this many " ..
       "seconds (default 120).")

@@ -19,8 +19,9 @@ function M.configure(c)
   c:option("--auth-tokens", "Token clients may authenticate with (repeatable).")
     :argname("<token>"):count("*")
   c:option("--auth-tokens-file", "File with one token per line."):argname("<file>")
-  c:option("--max-sessions", "Concurrent forwarded connections and UDP flows (default 100; 0: " ..
-    "no limit)."):argname("<n>"):convert(tonumber)
+  c:option("--max-sessions", "iroh mode: concurrent forwarded connections and UDP flows " ..
+    "(default 100); nostr mode: concurrent sessions (default 10); 0: no limit.")
+    :argname("<n>"):convert(tonumber)
   c:option("--secret-file", "Secret key file (tunnel generate-server-key)."):argname("<file>")
   c:option("--secret", "Secret key, base64 (prefer --secret-file)."):argname("<base64>")
   common.relay_options(c)

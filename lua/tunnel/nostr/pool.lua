@@ -138,7 +138,8 @@ function Pool:_connect(r)
 end
 
 function Pool:_opened(r)
-  r.failures = 0
+  -- The backoff starts over only once a connection has stayed up a while (see _closed): a
+  -- relay that accepts and then drops us must not be hammered.
   r.opened_at = now_ms()
   log.debug("relay %s connected", shown(r.url))
   self:_set_state(r, "open")
@@ -273,7 +274,9 @@ function Pool:_event(r, subid, ev)
   if not sub or type(ev) ~= "table" then
     return
   end
-  if type(ev.id) ~= "string" or self.seen[ev.id] then
+  -- Once per subscription, however many relays deliver it.
+  local seen_key = type(ev.id) == "string" and (subid .. " " .. ev.id)
+  if not seen_key or self.seen[seen_key] then
     return
   end
   local ok, why = nostr.verify(ev)
@@ -281,7 +284,7 @@ function Pool:_event(r, subid, ev)
     log.warn("relay %s delivered an event with %s; dropped", shown(r.url), why)
     return
   end
-  self:_remember(ev.id)
+  self:_remember(seen_key)
   call("on_event", sub.on_event, ev, r.url)
 end
 
