@@ -175,6 +175,40 @@ describe("tunnel.nostr.pool", function()
       assert.equal("r2", rec.got[2].ev.content)
     end)
 
+  it("speaks wss:// to a relay with a private CA, and refuses an unknown certificate",
+    function()
+      -- A self-signed certificate for 127.0.0.1, made with GnuTLS's certtool.
+      local dir = H.tmpdir()
+      local key, cert, tmpl = dir .. "/key.pem", dir .. "/cert.pem", dir .. "/cert.cfg"
+      H.write_file(tmpl, 'cn = "127.0.0.1"\nip_address = "127.0.0.1"\nexpiration_days = 2\n' ..
+        "tls_www_server\nca\ncert_signing_key\n")
+      assert.equal(0, H.spawn({ "certtool", "--generate-privkey", "--key-type", "ecdsa",
+        "--outfile", key }):wait(30).code)
+      local made = H.spawn({ "certtool", "--generate-self-signed", "--load-privkey", key,
+        "--template", tmpl, "--outfile", cert }):wait(30)
+      assert.equal(0, made.code, made.stderr)
+      local r = nostr.start_relay({ tls_cert = cert, tls_key = key })
+      assert.matches("^wss://127%.0%.0%.1:%d+$", r.url)
+      local p = new_pool({ relays = { r.url }, cafile = cert })
+      local rec = watch(p)
+      wait(function()
+        return rec.eose[r.url]
+      end, "EOSE over wss")
+      local res = publish(p, sign("over TLS"))
+      assert.equal(1, res.accepted, cjson.encode(res))
+      -- Without the CA the certificate is not trusted: the relay never opens.
+      local states = {}
+      local q = new_pool({ relays = { r.url }, on_status = function(_, state, why)
+        states[#states + 1] = state .. " " .. tostring(why)
+      end })
+      wait(function()
+        return #states >= 2
+      end, "a failed attempt")
+      assert.equal(0, q:open_count())
+      assert.matches("waiting .*TLS", table.concat(states, "\n"))
+      r.stop()
+    end)
+
   it("gives an event to every subscription it matches", function()
     local p = new_pool({ relays = { r1.url } })
     local raw = count_raw(p)

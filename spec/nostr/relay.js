@@ -3,7 +3,7 @@
 // and broadcasts ephemeral kinds (20000-29999) without storing them; its validator checks the
 // shape of every message first.
 //
-//   node relay.js --host 127.0.0.1 --port 0 [--log FILE] [--auth]
+//   node relay.js --host 127.0.0.1 --port 0 [--log FILE] [--auth] [--tls-cert F --tls-key F]
 //
 // Prints exactly one line on stdout, "ready ws://HOST:PORT" (PORT is the real one when 0 was
 // asked), once it listens; diagnostics go to stderr. SIGTERM or SIGINT: closes and exits 0.
@@ -11,7 +11,8 @@
 // relay handles it, so a client that got its answer can read the line at once.
 // --auth enables NIP-42: the relay sends ["AUTH", challenge] on connect and answers EVENT from a
 // client that has not authenticated with OK false "auth-required: ...".
-import { appendFileSync } from 'node:fs'
+import { appendFileSync, readFileSync } from 'node:fs'
+import { createServer } from 'node:https'
 import { parseArgs } from 'node:util'
 import core from '@nostr-relay/core'
 import common from '@nostr-relay/common'
@@ -24,7 +25,8 @@ const { Validator } = validator
 
 function usage(msg) {
   process.stderr.write(`relay.js: ${msg}\n` +
-    'usage: node relay.js --host HOST --port PORT [--log FILE] [--auth]\n')
+    'usage: node relay.js --host HOST --port PORT [--log FILE] [--auth] ' +
+    '[--tls-cert FILE --tls-key FILE]\n')
   process.exit(2)
 }
 
@@ -36,12 +38,15 @@ try {
       port: { type: 'string' },
       log: { type: 'string' },
       auth: { type: 'boolean', default: false },
+      'tls-cert': { type: 'string' },
+      'tls-key': { type: 'string' },
     },
   }).values
 } catch (e) {
   usage(e.message)
 }
 if (!opts.host) usage('--host is required')
+if (!opts['tls-cert'] !== !opts['tls-key']) usage('--tls-cert and --tls-key go together')
 if (opts.port === undefined || !/^\d+$/.test(opts.port) || Number(opts.port) > 65535) {
   usage('--port must be a number from 0 to 65535')
 }
@@ -171,7 +176,15 @@ async function onMessage(ws, data) {
   await relay.handleMessage(ws, msg)
 }
 
-const wss = new WebSocketServer({ host: opts.host, port: Number(opts.port) })
+// wss:// when given a certificate: an HTTPS server carries the WebSocket upgrade.
+const tls = opts['tls-cert']
+  ? createServer({ cert: readFileSync(opts['tls-cert']), key: readFileSync(opts['tls-key']) })
+  : null
+const wss = tls
+  ? new WebSocketServer({ server: tls })
+  : new WebSocketServer({ host: opts.host, port: Number(opts.port) })
+const listener = tls || wss
+if (tls) tls.listen(Number(opts.port), opts.host)
 
 wss.on('connection', (ws, req) => {
   relay.handleConnection(ws, req.socket.remoteAddress)
@@ -182,15 +195,15 @@ wss.on('connection', (ws, req) => {
   ws.on('error', e => console.error('relay: client error:', e.message))
 })
 
-wss.on('error', e => {
+listener.on('error', e => {
   console.error(`relay: cannot listen on ${opts.host}:${opts.port}: ${e.message}`)
   process.exit(1)
 })
 
-wss.on('listening', () => {
-  const { port } = wss.address()
+listener.on('listening', () => {
+  const { port } = listener.address()
   const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host
-  process.stdout.write(`ready ws://${host}:${port}\n`)
+  process.stdout.write(`ready ${tls ? 'wss' : 'ws'}://${host}:${port}\n`)
 })
 
 let stopping = false
@@ -199,6 +212,7 @@ async function stop() {
   stopping = true
   for (const ws of wss.clients) ws.terminate()
   await new Promise(resolve => wss.close(() => resolve()))
+  if (tls) await new Promise(resolve => tls.close(() => resolve()))
   await relay.destroy()
   process.exit(0)
 }

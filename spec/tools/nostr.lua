@@ -263,7 +263,7 @@ local function check_opts(o, allowed, fname)
 end
 
 local RELAY_OPTS = { host = true, port = true, netns = true, log = true, auth = true,
-  timeout = true }
+  timeout = true, tls_cert = true, tls_key = true }
 
 --- Start relay.js. o.host (default "127.0.0.1"), o.port (default 0: a free port, read back from
 -- the ready line), o.netns (run inside `ip netns exec NS`), o.log (a file that gets every
@@ -287,13 +287,17 @@ function M.start_relay(o)
   if o.auth then
     argv[#argv + 1] = "--auth"
   end
+  if o.tls_cert then
+    argv[#argv + 1], argv[#argv + 2] = "--tls-cert", o.tls_cert
+    argv[#argv + 1], argv[#argv + 2] = "--tls-key", o.tls_key
+  end
   local p = H.spawn(in_netns(o.netns, argv))
   p.label = "relay.js" .. (o.netns and (" in " .. o.netns) or "")
   live[p] = true
   H.wait_until(function()
     return p.stdout:find("\n", 1, true) or p.done
   end, o.timeout or 30)
-  local url = p.stdout:match("^ready (ws://%S+)\n")
+  local url = p.stdout:match("^ready (wss?://%S+)\n")
   if not url then
     stop_proc(p)
     error(string.format("relay.js did not start (%s): stdout %q, stderr %q", table.concat(argv,
