@@ -18,8 +18,8 @@ local IROH_ONLY = {
     auth_token = "--auth-token", auth_token_file = "--auth-token-file" },
 }
 
---- argparse setup for the `manual` subcommand of `server` or `client`.
-function M.configure(c, role)
+--- The ICE options of the modes that run ICE (manual, nostr).
+function M.ice_options(c)
   c:option("--stun-server", "STUN server host[:port] for server-reflexive candidates " ..
     "(repeatable; default: the config's list, else public servers).")
     :argname("<host:port>"):count("*")
@@ -27,6 +27,11 @@ function M.configure(c, role)
   c:option("--ice-host", "Use only this local address as a host candidate (repeatable; " ..
     "default: every non-loopback interface address).")
     :argname("<ip>"):count("*")
+end
+
+--- argparse setup for the `manual` subcommand of `server` or `client`.
+function M.configure(c, role)
+  M.ice_options(c)
   if role == "client" then
     c:epilog(table.concat({
       "The client prints an OFFER block: give it to the server's operator, who pastes it into",
@@ -48,18 +53,24 @@ function M.configure(c, role)
   end
 end
 
-local function check_args(args, role)
-  for k, flag in pairs(IROH_ONLY[role]) do
+--- Refuse the flags of `iroh_only` (option name -> flag) given to `mode` (manual, nostr), and
+-- --no-stun with --stun-server. Returns true, or nil and the message.
+function M.check_mode_args(args, role, mode, iroh_only)
+  for k, flag in pairs(iroh_only) do
     local v = args[k]
     if v ~= nil and not (type(v) == "table" and #v == 0) then
-      return nil, flag .. " is an iroh-mode option; manual mode takes none (see " ..
-        "`tunnel " .. role .. " manual --help`)"
+      return nil, flag .. " is an iroh-mode option; " .. mode .. " mode takes none (see " ..
+        "`tunnel " .. role .. " " .. mode .. " --help`)"
     end
   end
   if args.no_stun and #(args.stun_server or {}) > 0 then
     return nil, "--no-stun and --stun-server contradict each other: give one"
   end
   return true
+end
+
+local function check_args(args, role)
+  return M.check_mode_args(args, role, "manual", IROH_ONLY[role])
 end
 
 --- The STUN servers to use: none with --no-stun, else the validated section's list.

@@ -30,12 +30,7 @@ function M.configure(c, role)
   c:option("--relay", "Nostr relay for signaling, ws:// or wss:// (repeatable; default: the " ..
     "config's list, else public relays).")
     :argname("<url>"):count("*")
-  c:option("--stun-server", "STUN server host[:port] for server-reflexive candidates " ..
-    "(repeatable; default: the config's list, else public servers).")
-    :argname("<host:port>"):count("*")
-  c:flag("--no-stun", "Do not use STUN: host candidates only (same LAN, or offline).")
-  c:option("--ice-host", "Use only this local address as a host candidate (repeatable).")
-    :argname("<ip>"):count("*")
+  manual_cmd.ice_options(c)
   if role == "client" then
     c:option("--republish-interval", "Seconds before publishing the request again " ..
       "(doubled each time up to 60; default 5).")
@@ -68,17 +63,7 @@ local function nonempty(list)
 end
 
 local function check_args(args, role)
-  for k, flag in pairs(IROH_ONLY[role]) do
-    local v = args[k]
-    if v ~= nil and not (type(v) == "table" and #v == 0) then
-      return nil, flag .. " is an iroh-mode option; nostr mode takes none (see " ..
-        "`tunnel " .. role .. " nostr --help`)"
-    end
-  end
-  if args.no_stun and #(args.stun_server or {}) > 0 then
-    return nil, "--no-stun and --stun-server contradict each other: give one"
-  end
-  return true
+  return manual_cmd.check_mode_args(args, role, "nostr", IROH_ONLY[role])
 end
 
 --- The validated [nostr] section for `role` and the forwards (client), or nil and why.
