@@ -577,6 +577,7 @@ function Server:_start(seen, fields, client_leads)
       timing[k] = v
     end
     timing.hold_ms = M.LEAD_HOLD_MS
+    timing.fail_ms = timing.fail_ms or M.LAST_ROUND_FAIL_MS
   end
   local s = { id = id, source = fields.source, started = uv.hrtime() }
   local function ended(ok, reason)
