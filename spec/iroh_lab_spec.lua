@@ -110,6 +110,49 @@ describe("iroh mode in the NAT lab", function()
     assert.is_nil(w.cli.stderr:find("path: relay -> direct", 1, true), lab:logs())
   end)
 
+  it("keeps a relayed session when the relay is killed and restarted on its address",
+    function()
+      lab = Lab.new({ a = "symmetric", b = "symmetric" })
+      local w = start(lab, {})
+      local sent, recv = bulk(lab, 2 * MiB)
+      assert.equal(sent, recv, lab:logs())
+      -- A connection opened before the relay goes away must survive it.
+      local hold = lab:spawn("a", { "python3", "-c", table.concat({
+        "import socket, sys",
+        "s = socket.create_connection(('127.0.0.1', 7000), timeout=120)",
+        "s.sendall(b'before\\n'); assert s.recv(7) == b'before\\n'",
+        "print('OPEN', flush=True)",
+        "sys.stdin.readline()",
+        "s.sendall(b'after\\n'); got = b''",
+        "while len(got) < 6: got += s.recv(6 - len(got))",
+        "print('GOT', got.decode().strip(), flush=True)",
+      }, "\n") }, { stdin = true })
+      assert(hold:wait_output("OPEN", 30, "stdout"), "held connection" .. lab:logs())
+      w.relay:kill("sigkill")
+      w.relay:wait(10)
+      local env = { TUNNEL_LOG = false, XDG_RUNTIME_DIR = lab:tmpdir() }
+      local relay2 = lab:spawn("srv", { H.BIN, "relay", "--listen", SRV1 .. ":3340",
+        "--stun-listen", SRV1 .. ":3478" }, { env = env })
+      assert(relay2:wait_output("relay listening", 20, "stdout"), "relay" .. lab:logs())
+      -- Both sides come back to the relay...
+      for _, p in ipairs({ w.cli, w.srv }) do
+        H.wait_until(function()
+          local n = 0
+          for _ in p.stderr:gmatch("relay " .. URL:gsub("%p", "%%%0") .. ": connected") do
+            n = n + 1
+          end
+          return n >= 2
+        end, 40)
+      end
+      -- ...and the session carries on: the held connection and a new transfer.
+      hold:write("go\n")
+      assert(hold:wait_output("GOT after", 60, "stdout"), "held connection after the restart" ..
+        lab:logs())
+      sent, recv = bulk(lab, 2 * MiB)
+      assert.equal(sent, recv, lab:logs())
+      assert.is_false(w.cli.done, lab:logs())
+    end)
+
   it("never leaves the relay with --relay-only", function()
     lab = Lab.new({ a = "cone", b = "cone" })
     local w = start(lab, { relay_only = true })
