@@ -258,7 +258,10 @@ static void fill_callbacks(ngtcp2_callbacks *cb, int is_server)
     cb->path_validation = path_validation_cb;
 }
 
-static const ngtcp2_cc_algo cc_map[] = {NGTCP2_CC_ALGO_BBR, NGTCP2_CC_ALGO_CUBIC,
+/* "bbr" is ngtcp2's BBRv2: its v1 held an app-limited flow of DATAGRAMs below the offered rate
+ * (1 Gbit/s of 1200-byte UDP lost 2-4 % in its queue on a veth, BBRv2 0-0.7 %; see
+ * docs/benchmarks.md), and v2 reacts to loss, which v1 ignores. */
+static const ngtcp2_cc_algo cc_map[] = {NGTCP2_CC_ALGO_BBR2, NGTCP2_CC_ALGO_CUBIC,
                                         NGTCP2_CC_ALGO_RENO};
 
 int tun__qconn_new(struct tun_qep *ep, int is_server, const struct sockaddr *local,

@@ -29,7 +29,7 @@ void tun_quic_config_default(struct tun_quic_config *cfg)
     cfg->handshake_timeout_ms = 10000;
     cfg->max_streams = 1024;
     cfg->stream_send_buffer = 4 << 20;
-    cfg->datagram_queue = 4096;
+    cfg->datagram_queue = 16384;
 }
 
 /* ---- connection-ID routing ------------------------------------------------------------- */

@@ -38,8 +38,11 @@ struct tun_quic_config {
     uint64_t handshake_timeout_ms;
     uint64_t max_streams;      /* bidirectional streams the peer may have open at once */
     size_t stream_send_buffer; /* buffered bytes per stream before it reports full */
-    size_t datagram_queue;     /* datagrams that may wait for the congestion window (a burst
-                                * buffer: 4096 x 1200 bytes is 40 ms at 1 Gbit/s); more are dropped */
+    size_t datagram_queue;     /* datagrams that may wait for the congestion window; more are
+                                * dropped. 16384 x 1200 bytes is 160 ms at 1 Gbit/s: enough to
+                                * ride out BBR's ProbeRTT (cwnd cut for 200 ms every few seconds)
+                                * at the offered rates of docs/benchmarks.md; memory is taken
+                                * only while datagrams wait */
 };
 
 void tun_quic_config_default(struct tun_quic_config *cfg);
