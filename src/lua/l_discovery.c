@@ -602,20 +602,11 @@ int luaopen_tunnel_core_discovery(lua_State *L)
         {"publish", l_publish}, {"resolve", l_resolve}, {"invalidate", l_invalidate},
         {"close", l_close},     {"closed", l_closed},   {NULL, NULL},
     };
-    luaL_newmetatable(L, CLIENT_MT);
-    lua_newtable(L);
-    luaL_register(L, NULL, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
+    tun_lua_new_class(L, CLIENT_MT, methods, l_close, l_tostring);
     static const luaL_Reg fns[] = {
         {"client", l_client}, {"now_us", l_now_us}, {"z32", l_z32}, {"parse_z32", l_parse_z32},
         {"sign", l_sign},     {"open", l_open},     {NULL, NULL},
     };
-    lua_newtable(L);
-    luaL_register(L, NULL, fns);
+    tun_lua_new_module(L, fns);
     return 1;
 }

@@ -13,6 +13,7 @@
 #include "iroh/holepunch.h"
 #include "iroh/relaypath.h"
 #include "lua/l_shared.h"
+#include "lua/opts.h"
 #include "lua/state.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -1239,27 +1240,13 @@ int luaopen_tunnel_core_fwd(lua_State *L)
     };
     const char *names[] = {SERVER_MT, CLIENT_MT};
     const luaL_Reg *methods[] = {server_methods, client_methods};
-    for (int i = 0; i < 2; i++) {
-        luaL_newmetatable(L, names[i]);
-        lua_newtable(L);
-        luaL_register(L, NULL, methods[i]);
-        lua_setfield(L, -2, "__index");
-        /* Anchored while open, so __gc only meets closed objects (or runs at lua_close, after
-         * the host's closer already closed everything): closing is idempotent. */
-        lua_pushcfunction(L, l_obj_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, l_obj_tostring);
-        lua_setfield(L, -2, "__tostring");
-        lua_pushstring(L, names[i]);
-        lua_setfield(L, -2, "__name");
-        lua_pop(L, 1);
-    }
+    for (int i = 0; i < 2; i++)
+        tun_lua_new_class(L, names[i], methods[i], l_obj_close, l_obj_tostring);
     static const luaL_Reg fns[] = {
         {"server", l_fwd_server},
         {"client", l_fwd_client},
         {NULL, NULL},
     };
-    lua_newtable(L);
-    luaL_register(L, NULL, fns);
+    tun_lua_new_module(L, fns);
     return 1;
 }

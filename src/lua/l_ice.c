@@ -13,6 +13,7 @@
 #include "host/host.h"
 #include "ice/agent.h"
 #include "lua/l_shared.h"
+#include "lua/opts.h"
 #include "lua/state.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -692,21 +693,12 @@ int luaopen_tunnel_core_ice(lua_State *L)
         {NULL, NULL},
     };
     tun_lua_endpoint_closing = endpoint_closing;
-    luaL_newmetatable(L, ICE_MT);
-    lua_newtable(L);
-    luaL_register(L, NULL, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_ice_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_ice_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
+    tun_lua_new_class(L, ICE_MT, methods, l_ice_close, l_ice_tostring);
     static const luaL_Reg fns[] = {
         {"new", l_ice_new},
         {"parse_candidate", l_ice_parse_candidate},
         {NULL, NULL},
     };
-    lua_newtable(L);
-    luaL_register(L, NULL, fns);
+    tun_lua_new_module(L, fns);
     return 1;
 }

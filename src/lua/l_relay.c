@@ -385,22 +385,11 @@ int luaopen_tunnel_core_relay(lua_State *L)
         {"closed", l_closed},
         {NULL, NULL},
     };
-    luaL_newmetatable(L, SERVER_MT);
-    lua_newtable(L);
-    luaL_register(L, NULL, methods);
-    lua_setfield(L, -2, "__index");
-    /* Anchored while open: __gc only meets closed servers (or runs at lua_close,
-     * after the host's closer). */
-    lua_pushcfunction(L, l_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
+    tun_lua_new_class(L, SERVER_MT, methods, l_close, l_tostring);
     static const luaL_Reg fns[] = {
         {"server", l_server},
         {NULL, NULL},
     };
-    lua_newtable(L);
-    luaL_register(L, NULL, fns);
+    tun_lua_new_module(L, fns);
     return 1;
 }

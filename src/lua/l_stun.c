@@ -506,25 +506,13 @@ int luaopen_tunnel_core_stun(lua_State *L)
     };
     const char *names[] = {PROBE_MT, SERVER_MT};
     const luaL_Reg *methods[] = {probe_methods, server_methods};
-    for (int i = 0; i < 2; i++) {
-        luaL_newmetatable(L, names[i]);
-        lua_newtable(L);
-        luaL_register(L, NULL, methods[i]);
-        lua_setfield(L, -2, "__index");
-        /* Anchored while open, so __gc only meets closed objects, or runs at lua_close after
-         * the host's closer: closing is idempotent. */
-        lua_pushcfunction(L, l_obj_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, l_obj_tostring);
-        lua_setfield(L, -2, "__tostring");
-        lua_pop(L, 1);
-    }
+    for (int i = 0; i < 2; i++)
+        tun_lua_new_class(L, names[i], methods[i], l_obj_close, l_obj_tostring);
     static const luaL_Reg fns[] = {
         {"probe", l_probe},
         {"server", l_server},
         {NULL, NULL},
     };
-    lua_newtable(L);
-    luaL_register(L, NULL, fns);
+    tun_lua_new_module(L, fns);
     return 1;
 }

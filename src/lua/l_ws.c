@@ -414,20 +414,11 @@ int luaopen_tunnel_core_ws(lua_State *L)
         {"send", l_send},   {"close", l_close}, {"state", l_state},
         {"stats", l_stats}, {"url", l_url},     {NULL, NULL},
     };
-    luaL_newmetatable(L, CLIENT_MT);
-    lua_newtable(L);
-    luaL_register(L, NULL, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
+    tun_lua_new_class(L, CLIENT_MT, methods, l_gc, l_tostring);
     static const luaL_Reg fns[] = {
         {"connect", l_connect},
         {NULL, NULL},
     };
-    lua_newtable(L);
-    luaL_register(L, NULL, fns);
+    tun_lua_new_module(L, fns);
     return 1;
 }

@@ -19,3 +19,25 @@ void tun_lua_check_keys(lua_State *L, int t, const char *const *known, const cha
         }
     }
 }
+
+void tun_lua_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc,
+                       lua_CFunction tostring)
+{
+    luaL_newmetatable(L, name);
+    lua_newtable(L);
+    luaL_register(L, NULL, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "__name");
+    lua_pop(L, 1);
+}
+
+void tun_lua_new_module(lua_State *L, const luaL_Reg *fns)
+{
+    lua_newtable(L);
+    luaL_register(L, NULL, fns);
+}

@@ -2,10 +2,23 @@
 #ifndef TUN_LUA_OPTS_H
 #define TUN_LUA_OPTS_H
 
+#include <lauxlib.h>
 #include <lua.h>
 
 /* Raise a Lua error for a key of table `t` that is not in the NULL-terminated `known` list:
  * "unknown <what> 'k'" (what: "option", "record field", ...). */
 void tun_lua_check_keys(lua_State *L, int t, const char *const *known, const char *what);
+
+/*
+ * Register the metatable `name` of a binding's objects: `methods` as __index, `gc` as __gc
+ * (bindings anchor open objects in the registry, so __gc only meets closed ones, or runs at
+ * lua_close after the host's closer: their close is idempotent), `tostring` as __tostring,
+ * and __name. Leaves the stack as it found it.
+ */
+void tun_lua_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc,
+                       lua_CFunction tostring);
+
+/* A module table of `fns`, pushed. */
+void tun_lua_new_module(lua_State *L, const luaL_Reg *fns);
 
 #endif
