@@ -245,6 +245,47 @@ int main(void)
 
     tun_qconn_close(cconn, 0, "done");
     run_until(&closed, 2000);
+
+    /* A full table: every client brings a fresh key, so addresses must be recycled. The server
+     * already knows the client's key; fill the rest with strangers. */
+    uint8_t keys[TUN_RELAYPATH_MAX_PEERS][32];
+    struct sockaddr_storage first_remote;
+    int full = 0;
+    for (int i = 0; i < TUN_RELAYPATH_MAX_PEERS; i++) {
+        randombytes_buf(keys[i], 32);
+        int rc = tun_relaypath_addr(S.rp, keys[i], &l2, &r2);
+        if (i == 0)
+            first_remote = r2;
+        if (rc == TUN_ERANGE) {
+            full = i;
+            break;
+        }
+        CHECK_INT_EQ(rc, 0);
+    }
+    CHECK_INT_EQ(full, TUN_RELAYPATH_MAX_PEERS - 1); /* the client's key took one slot */
+    /* Everyone was heard from just now: no address to give. */
+    CHECK_INT_EQ(tun_relaypath_addr(S.rp, keys[full], &l2, &r2), TUN_ERANGE);
+    /* Once peers are silent long enough, the least recently used address goes to the new key
+     * (here the client's, the oldest), and maps back to it. */
+    tun_relaypath_set_recycle_ms(S.rp, 1);
+    uv_sleep(5);
+    uv_update_time(&loop);
+    CHECK_INT_EQ(tun_relaypath_addr(S.rp, keys[full], &l2, &r2), 0);
+    CHECK_INT_EQ(tun_relaypath_key(S.rp, (struct sockaddr *)&r2, k), 0);
+    CHECK_MEM_EQ(k, keys[full], 32);
+    /* Known keys keep their address; the next newcomer takes the next oldest (keys[0]'s). */
+    struct sockaddr_storage again;
+    CHECK_INT_EQ(tun_relaypath_addr(S.rp, keys[full], &l2, &again), 0);
+    CHECK(memcmp(&again, &r2, sizeof(r2)) == 0);
+    uint8_t newcomer[32];
+    randombytes_buf(newcomer, 32);
+    uv_sleep(5);
+    uv_update_time(&loop);
+    CHECK_INT_EQ(tun_relaypath_addr(S.rp, newcomer, &l2, &again), 0);
+    CHECK(memcmp(&again, &first_remote, sizeof(again)) == 0);
+    CHECK_INT_EQ(tun_relaypath_key(S.rp, (struct sockaddr *)&first_remote, k), 0);
+    CHECK_MEM_EQ(k, newcomer, 32);
+
     tun_relaypath_free(C.rp);
     tun_relaypath_free(S.rp);
     tun_qep_close(C.ep, 0, NULL, NULL);

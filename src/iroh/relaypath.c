@@ -16,8 +16,9 @@
 
 struct peer {
     uint8_t key[32];
-    int via;       /* relay index the peer was last heard through (replies go there), -1: home */
-    uint8_t avoid; /* bit i: relay i said the peer is not connected there */
+    uint64_t used_ms; /* last packet to or from it (loop time) */
+    int via;          /* relay index the peer was last heard through (replies go there), -1: home */
+    uint8_t avoid;    /* bit i: relay i said the peer is not connected there */
 };
 
 struct relay {
@@ -28,6 +29,8 @@ struct relay {
 };
 
 struct tun_relaypath {
+    uv_loop_t *loop;
+    uint64_t recycle_ms; /* a peer silent this long may give its address to a new one */
     struct tun_qep *ep;
     struct relay relays[TUN_RELAYPATH_MAX_RELAYS];
     size_t nrelays;
@@ -60,13 +63,53 @@ static int find(const struct tun_relaypath *rp, const uint8_t key[32])
     return -1;
 }
 
+static void link_key(struct tun_relaypath *rp, size_t idx)
+{
+    uint32_t *head = &rp->buckets[key_hash(rp->peers[idx].key) & (rp->nbuckets - 1)];
+    rp->chain[idx] = *head;
+    *head = (uint32_t)idx + 1;
+}
+
+static void unlink_key(struct tun_relaypath *rp, size_t idx)
+{
+    uint32_t *p = &rp->buckets[key_hash(rp->peers[idx].key) & (rp->nbuckets - 1)];
+    while (*p && *p != idx + 1)
+        p = &rp->chain[*p - 1];
+    if (*p)
+        *p = rp->chain[idx];
+}
+
+/* Every client of a server comes with a fresh key, so over days a server meets far more keys
+ * than it can hold addresses for. When the table is full, the peer silent the longest gives
+ * its address to the new one — only after recycle_ms without a packet either way, far longer
+ * than any QUIC idle timeout, so no live connection still uses that address. */
+static int recycle(struct tun_relaypath *rp, const uint8_t key[32])
+{
+    uint64_t now = uv_now(rp->loop);
+    size_t lru = 0;
+    for (size_t i = 1; i < rp->n; i++)
+        if (rp->peers[i].used_ms < rp->peers[lru].used_ms)
+            lru = i;
+    if (rp->n == 0 || now - rp->peers[lru].used_ms < rp->recycle_ms)
+        return TUN_ERANGE;
+    unlink_key(rp, lru);
+    memcpy(rp->peers[lru].key, key, 32);
+    rp->peers[lru].via = -1;
+    rp->peers[lru].avoid = 0;
+    rp->peers[lru].used_ms = now;
+    link_key(rp, lru);
+    return (int)lru;
+}
+
 static int add(struct tun_relaypath *rp, const uint8_t key[32])
 {
     int i = find(rp, key);
-    if (i >= 0)
+    if (i >= 0) {
+        rp->peers[i].used_ms = uv_now(rp->loop);
         return i;
+    }
     if (rp->n == TUN_RELAYPATH_MAX_PEERS)
-        return TUN_ERANGE;
+        return recycle(rp, key);
     if (rp->n == rp->cap) {
         size_t cap = rp->cap ? rp->cap * 2 : 16;
         struct peer *p = realloc(rp->peers, cap * sizeof(*p));
@@ -83,9 +126,8 @@ static int add(struct tun_relaypath *rp, const uint8_t key[32])
     memcpy(rp->peers[idx].key, key, 32);
     rp->peers[idx].via = -1;
     rp->peers[idx].avoid = 0;
-    uint32_t *head = &rp->buckets[key_hash(key) & (rp->nbuckets - 1)];
-    rp->chain[idx] = *head;
-    *head = (uint32_t)idx + 1;
+    rp->peers[idx].used_ms = uv_now(rp->loop);
+    link_key(rp, idx);
     return (int)idx;
 }
 
@@ -184,6 +226,7 @@ static int path_send(void *ud, const struct sockaddr *local, const struct sockad
     uint32_t ip = ntohl(((const struct sockaddr_in *)remote)->sin_addr.s_addr);
     if (ip < FIRST || ip - FIRST >= rp->n)
         return TUN_EINVAL;
+    rp->peers[ip - FIRST].used_ms = uv_now(rp->loop);
     /* Not ready or congested: the packet is lost, and QUIC's recovery takes it from there. */
     return send_to(rp, (int)(ip - FIRST), data, len);
 }
@@ -264,6 +307,8 @@ int tun_relaypath_new(uv_loop_t *loop, struct tun_qep *ep, const struct tun_rela
     if (!rp)
         return TUN_ENOMEM;
     rp->ep = ep;
+    rp->loop = loop;
+    rp->recycle_ms = TUN_RELAYPATH_RECYCLE_MS;
     rp->port = 1;
     if (cbs)
         rp->cbs = *cbs;
@@ -292,6 +337,11 @@ int tun_relaypath_send(struct tun_relaypath *rp, const uint8_t key[32], const ui
     if (i < 0)
         return i;
     return send_to(rp, i, data, len);
+}
+
+void tun_relaypath_set_recycle_ms(struct tun_relaypath *rp, uint64_t ms)
+{
+    rp->recycle_ms = ms;
 }
 
 size_t tun_relaypath_count(const struct tun_relaypath *rp)

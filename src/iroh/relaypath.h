@@ -25,7 +25,9 @@
 #include <sys/socket.h>
 #include <uv.h>
 
-#define TUN_RELAYPATH_MAX_PEERS  4096
+#define TUN_RELAYPATH_MAX_PEERS 4096
+/* A peer silent this long gives its synthetic address to a new peer when the table is full. */
+#define TUN_RELAYPATH_RECYCLE_MS (10 * 60 * 1000)
 #define TUN_RELAYPATH_MAX_RELAYS 4
 
 struct tun_relaypath;
@@ -50,13 +52,17 @@ int tun_relaypath_new(uv_loop_t *loop, struct tun_qep *ep, const struct tun_rela
                       const struct tun_relaypath_cbs *cbs, void *ud, struct tun_relaypath **out);
 
 /* The synthetic path to `key`: our local address and the peer's remote one. 0, or TUN_ERANGE
- * when TUN_RELAYPATH_MAX_PEERS peers are known. */
+ * when TUN_RELAYPATH_MAX_PEERS peers are known and all of them were heard from or sent to in
+ * the last TUN_RELAYPATH_RECYCLE_MS (older ones give their address to the new peer). */
 int tun_relaypath_addr(struct tun_relaypath *rp, const uint8_t key[32],
                        struct sockaddr_storage *local, struct sockaddr_storage *remote);
 
 /* The key behind a synthetic remote address: 0, or TUN_EINVAL when it is not one of ours. */
 int tun_relaypath_key(const struct tun_relaypath *rp, const struct sockaddr *remote,
                       uint8_t key[32]);
+
+/* Change the recycling age (tests). */
+void tun_relaypath_set_recycle_ms(struct tun_relaypath *rp, uint64_t ms);
 
 /* 1 when `a` is a synthetic (relay) address. */
 int tun_relaypath_is_relay(const struct sockaddr *a);
