@@ -9,7 +9,6 @@
 
 #include "fwd/client.h"
 #include "fwd/server.h"
-#include "host/host.h"
 #include "iroh/holepunch.h"
 #include "iroh/relaypath.h"
 #include "lua/l_shared.h"
@@ -463,7 +462,6 @@ static struct lobj *new_obj(lua_State *L, int is_server, int opts)
     lua_getfield(L, opts, "on_event");
     luaL_checktype(L, -1, LUA_TFUNCTION);
     int cb_idx = lua_gettop(L);
-    struct tun_host *h = tun_host_get();
     struct lobj *o = calloc(1, sizeof(*o));
     if (!o)
         luaL_error(L, "out of memory");
@@ -484,10 +482,7 @@ static struct lobj *new_obj(lua_State *L, int is_server, int opts)
     if (all_objs)
         all_objs->prev = o;
     all_objs = o;
-    if (!closer_registered && h) {
-        tun_host_add_closer(h, close_all, NULL);
-        closer_registered = 1;
-    }
+    tun_lua_add_closer_once(&closer_registered, close_all);
     return o;
 }
 

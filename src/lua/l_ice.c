@@ -10,7 +10,6 @@
  */
 #include "lua/modules.h"
 
-#include "host/host.h"
 #include "ice/agent.h"
 #include "lua/l_shared.h"
 #include "lua/opts.h"
@@ -496,11 +495,7 @@ static int l_ice_new(lua_State *L)
     if (all_ice)
         all_ice->prev = s;
     all_ice = s;
-    struct tun_host *h = tun_host_get();
-    if (!closer_registered && h) {
-        tun_host_add_closer(h, close_all, NULL);
-        closer_registered = 1;
-    }
+    tun_lua_add_closer_once(&closer_registered, close_all);
     ep_attach(ep);
     rc = tun_ice_agent_gather(agent, stun, nstun, uv_now(luv_loop(L)));
     if (rc != 0) {

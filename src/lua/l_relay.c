@@ -15,7 +15,6 @@
 
 #include "lua/opts.h"
 
-#include "host/host.h"
 #include "relay/server.h"
 #include "util/error.h"
 #include "util/sockaddr.h"
@@ -254,11 +253,7 @@ static int l_server(lua_State *L)
     if (all_objs)
         all_objs->prev = o;
     all_objs = o;
-    struct tun_host *h = tun_host_get();
-    if (!closer_registered && h) {
-        tun_host_add_closer(h, close_all, NULL);
-        closer_registered = 1;
-    }
+    tun_lua_add_closer_once(&closer_registered, close_all);
     return 1;
 }
 

@@ -11,7 +11,6 @@
 
 #include "lua/opts.h"
 
-#include "host/host.h"
 #include "ice/stun_client.h"
 #include "ice/stun_server.h"
 #include "lua/state.h"
@@ -159,11 +158,7 @@ static struct sobj *new_obj(lua_State *L, int is_server)
     if (all_objs)
         all_objs->prev = o;
     all_objs = o;
-    struct tun_host *h = tun_host_get();
-    if (!closer_registered && h) {
-        tun_host_add_closer(h, close_all, NULL);
-        closer_registered = 1;
-    }
+    tun_lua_add_closer_once(&closer_registered, close_all);
     return o;
 }
 

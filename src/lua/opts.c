@@ -1,5 +1,7 @@
 #include "lua/opts.h"
 
+#include "host/host.h"
+
 #include <lauxlib.h>
 #include <string.h>
 
@@ -40,4 +42,13 @@ void tun_lua_new_module(lua_State *L, const luaL_Reg *fns)
 {
     lua_newtable(L);
     luaL_register(L, NULL, fns);
+}
+
+void tun_lua_add_closer_once(int *registered, void (*fn)(void *ud))
+{
+    struct tun_host *h = tun_host_get();
+    if (!*registered && h) {
+        tun_host_add_closer(h, fn, NULL);
+        *registered = 1;
+    }
 }

@@ -18,6 +18,10 @@ void tun_lua_check_keys(lua_State *L, int t, const char *const *known, const cha
 void tun_lua_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc,
                        lua_CFunction tostring);
 
+/* Register `fn` as a closer of the host (run at shutdown) the first time a binding creates an
+ * object; `*registered` remembers it. No host (a bare Lua state in tests): nothing to do. */
+void tun_lua_add_closer_once(int *registered, void (*fn)(void *ud));
+
 /* A module table of `fns`, pushed. */
 void tun_lua_new_module(lua_State *L, const luaL_Reg *fns);
 
