@@ -31,9 +31,14 @@ struct tun_splice {
     uv_shutdown_t shut;
 };
 
-/* TCP reads are copied into the stream's send buffer right away, so one read buffer serves
- * every connection: an idle connection costs no read buffer at all. */
+/* TCP reads go straight into the stream's send buffer (tun_qstream_reserve), so an idle
+ * connection holds no read buffer. This one takes the bytes when the stream cannot: they are
+ * counted and dropped, as the stream is closing. */
 static uint8_t read_buf[65536];
+
+/* Less room than this at the end of the send buffer starts a fresh chunk: a read should not
+ * be cut short to fill a few bytes. */
+#define READ_MIN 4096
 
 static void maybe_finish(struct tun_splice *sp);
 static void pend_drop(struct tun_splice *sp);
@@ -76,8 +81,15 @@ static void maybe_finish(struct tun_splice *sp)
 
 static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
-    (void)h;
     (void)hint;
+    struct tun_splice *sp = h->data;
+    uint8_t *p;
+    size_t len;
+    if (!sp->stream_closed && tun_qstream_reserve(sp->s, READ_MIN, &p, &len) == 0) {
+        buf->base = (char *)p;
+        buf->len = len;
+        return;
+    }
     buf->base = (char *)read_buf;
     buf->len = sizeof(read_buf);
 }
@@ -85,11 +97,14 @@ static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 {
     struct tun_splice *sp = st->data;
+    int in_place = buf->base && buf->base != (char *)read_buf;
+    if (n <= 0 && in_place)
+        tun_qstream_commit(sp->s, 0);
     if (n > 0) {
         sp->up += (uint64_t)n;
-        if (sp->stream_closed)
-            return;
-        int full = tun_qstream_write(sp->s, (const uint8_t *)buf->base, (size_t)n);
+        if (!in_place)
+            return; /* the stream is closing */
+        int full = tun_qstream_commit(sp->s, (size_t)n);
         if (full == 1 && sp->reading) {
             /* Backpressure: stop reading TCP until QUIC has sent (and the peer acked) half. */
             uv_read_stop(st);

@@ -486,6 +486,7 @@ void tun__qconn_read(struct tun_qconn *c, const struct sockaddr *local, const st
     /* Packets on other paths (probes of an old path, say) prove nothing about this one. */
     if (tun_sockaddr_equal(from, (struct sockaddr *)&c->remote))
         c->rx_path_packets++;
+    c->rx_since_flush += len; /* see hold_ack() */
     int rv = ngtcp2_conn_read_pkt(c->conn, &path, &pi, data, len, tun__now());
     if (rv != 0) {
         tun_log_debug(QUIC, "conn %llu: read: %s", (unsigned long long)c->id, ngtcp2_strerror(rv));
@@ -520,17 +521,89 @@ static void apply_stream_ops(struct tun_qconn *c)
     }
 }
 
+/*
+ * Holding the ACK for the answer.
+ *
+ * In a request/response exchange on a fast link, ngtcp2 0.12 sends four packets per round
+ * trip instead of two: it puts an ACK into a packet only once the ACK is due, RTT/8 after the
+ * packet it acknowledges arrived (tens of microseconds here), so a quick answer leaves without
+ * it and a slow one (slower than RTT/8) finds it already sent on its own. And once one side has
+ * sent an ACK-only packet, the other side's next packet number skips one, which ngtcp2 takes
+ * for a gap and acknowledges at once, so the pattern feeds itself. Each extra packet wakes both
+ * processes; on a small machine that is a tenth of the round trip.
+ *
+ * So, like TCP's delayed ACK, a flush that follows less than two full packets' worth of data
+ * starts a hold of TUN_ACK_HOLD: while it lasts and nothing is queued, the connection does not
+ * wake for the ACK deadline, and unless an ACK from the peer came in (which may have declared
+ * packets lost), it does not write at all: the write would only be our ACK. The next packet we
+ * send anyway carries the ACK, as it is due by then, and renews the hold. More data, the deadline
+ * or a close end the hold, so an ACK waits at most TUN_ACK_HOLD after our last packet. Bulk
+ * transfers never hold: their flushes follow batches of full packets. The delay stays far below the
+ * max_ack_delay we advertise (25 ms), which the peer's loss detection allows for and its RTT
+ * estimate subtracts; with packets in flight, it may postpone our own time-threshold loss detection
+ * by as much (that deadline hides behind the same expiry as the ACK's in ngtcp2 0.12's API).
+ */
+#define TUN_ACK_HOLD       (1 * NGTCP2_MILLISECONDS)
+#define TUN_ACK_HOLD_BYTES (2 * 1200)
+
+/* At the start of a flush: update the hold; 1 when the flush should not write. */
+static int hold_ack(struct tun_qconn *c)
+{
+    uint64_t rx = c->rx_since_flush;
+    c->rx_since_flush = 0;
+    ngtcp2_tstamp now = tun__now();
+    ngtcp2_conn_stat st;
+    if (c->hold_until) {
+        c->hold_bytes += rx;
+        if (c->hold_bytes >= TUN_ACK_HOLD_BYTES || now >= c->hold_until || c->want_close)
+            c->hold_until = 0;
+    } else if (rx && rx < TUN_ACK_HOLD_BYTES && c->ready && !c->want_close) {
+        ngtcp2_conn_get_conn_stat(c->conn, &st);
+        if (st.smoothed_rtt / 8 < TUN_ACK_HOLD) {
+            c->hold_until = now + TUN_ACK_HOLD;
+            c->hold_bytes = rx;
+        }
+    }
+    if (!c->hold_until || c->sendq_head || c->dq_head)
+        return 0;
+    /* Packets in flight: skip the write only if no ACK came since the last flush (the flight
+     * did not shrink), as an ACK may have declared packets lost that need sending again. */
+    ngtcp2_conn_get_conn_stat(c->conn, &st);
+    return st.bytes_in_flight == 0 || st.bytes_in_flight == c->flushed_in_flight;
+}
+
+/* Deadlines closer than this are left to the next loop iteration (a 0 ms libuv timer), which
+ * spins until they pass: a turn of the loop costs a microsecond or two, arming a hardware timer
+ * and taking its interrupt more, and in a virtual machine much more. Most such deadlines are
+ * the pacer's, a microsecond after a small packet. */
+#define TUN_SPIN_MAX (25 * NGTCP2_MICROSECONDS)
+
 static void update_timer(struct tun_qconn *c)
 {
-    ngtcp2_tstamp expiry = ngtcp2_conn_get_expiry(c->conn);
+    ngtcp2_tstamp expiry = ngtcp2_conn_get_expiry(c->conn), now = tun__now();
+    if (c->hold_until && !c->sendq_head && !c->dq_head) {
+        /* A held ACK may go out a little late, never early: round up, on a libuv timer (the
+         * answer usually comes long before, and a libuv timer costs no system call). */
+        uint64_t left = c->hold_until > now ? c->hold_until - now : 0;
+        tun__qep_set_precise(c->ep, c, 0);
+        uv_timer_start(&c->timer, timer_cb, (left + NGTCP2_MILLISECONDS - 1) / NGTCP2_MILLISECONDS,
+                       0);
+        return;
+    }
     if (expiry == UINT64_MAX) {
+        uv_timer_stop(&c->timer);
+        tun__qep_set_precise(c->ep, c, 0);
+        return;
+    }
+    /* libuv timers count whole milliseconds, but the delayed ACK (RTT / 8) and the pacer's
+     * deadlines are microseconds away: beyond the spin limit those go to the endpoint's
+     * precise timer. A far deadline is rounded down and re-examined when it fires. */
+    if (expiry > now + TUN_SPIN_MAX && expiry - now < 2 * NGTCP2_MILLISECONDS &&
+        tun__qep_set_precise(c->ep, c, expiry) == 0) {
         uv_timer_stop(&c->timer);
         return;
     }
-    ngtcp2_tstamp now = tun__now();
-    /* libuv timers have millisecond granularity. Rounding down makes a sub-millisecond pacing
-     * deadline fire on the next loop iteration instead of a whole millisecond late, which
-     * would cap a fast path at one send quantum per millisecond. */
+    tun__qep_set_precise(c->ep, c, 0);
     uint64_t ms = expiry > now ? (expiry - now) / NGTCP2_MILLISECONDS : 0;
     uv_timer_start(&c->timer, timer_cb, ms, 0);
 }
@@ -719,6 +792,7 @@ static void finish_close(struct tun_qconn *c)
         c->dirty_next = NULL;
     }
     uv_timer_stop(&c->timer);
+    tun__qep_set_precise(ep, c, 0);
     ep->pending_closes++;
     while (c->streams) {
         struct tun_qstream *s = c->streams;
@@ -745,7 +819,16 @@ int tun__qconn_flush(struct tun_qconn *c)
     if (!c->closed) {
         /* Send what is queued first: a close often follows a last message (AUTH_FAIL). */
         apply_stream_ops(c);
-        write_packets(c);
+        if (!hold_ack(c)) {
+            uint64_t sent = c->tx_packets;
+            write_packets(c);
+            /* What we sent carried any ACK that was due; one that was not yet due rides on the
+             * next packet or goes at the renewed deadline. */
+            if (c->hold_until && c->tx_packets != sent) {
+                c->hold_until = tun__now() + TUN_ACK_HOLD;
+                c->hold_bytes = 0;
+            }
+        }
         if (c->want_close && !c->closed)
             tun__qconn_abort(c, c->close_code, c->close_reason);
     }
@@ -768,19 +851,26 @@ int tun__qconn_flush(struct tun_qconn *c)
         }
         return 0;
     }
+    ngtcp2_conn_stat st;
+    ngtcp2_conn_get_conn_stat(c->conn, &st);
+    c->flushed_in_flight = st.bytes_in_flight;
     update_timer(c);
     return 0;
 }
 
-static void timer_cb(uv_timer_t *t)
+void tun__qconn_expire(struct tun_qconn *c)
 {
-    struct tun_qconn *c = t->data;
     if (c->closed)
         return;
     int rv = ngtcp2_conn_handle_expiry(c->conn, tun__now());
     if (rv != 0)
         on_conn_error(c, rv);
     tun__qep_mark_dirty(c->ep, c);
+}
+
+static void timer_cb(uv_timer_t *t)
+{
+    tun__qconn_expire(t->data);
 }
 
 /* ---- public connection API ------------------------------------------------------------ */

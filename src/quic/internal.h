@@ -14,7 +14,7 @@
 #define TUN_QUIC_CIDLEN    16
 #define TUN_QUIC_MAX_PKT   1500 /* largest UDP payload we build */
 #define TUN_QUIC_MAX_BATCH 64   /* packets per GSO send (the kernel's UDP_MAX_SEGMENTS) */
-#define SBUF_CHUNK         16384
+#define SBUF_CHUNK         65536
 
 /* Connection-ID routing table: open addressing, keyed by (length, bytes). */
 struct cid_slot {
@@ -56,6 +56,11 @@ struct tun_qep {
     struct tun_qconn *dirty; /* connections with work for the next flush */
     uv_idle_t flush_idle;    /* runs the flush before the loop next blocks */
     int flush_scheduled;
+    /* Deadlines closer than libuv's millisecond timers can express (endpoint.c). */
+    struct tun_qconn *precise; /* connections with such a deadline */
+    int tfd;                   /* timerfd, -1 when unavailable */
+    uv_poll_t tfd_poll;
+    uint64_t tfd_armed; /* deadline the timerfd is set for, 0: none */
     uint64_t next_conn_id;
 
     struct sbuf_chunk *free_chunks;
@@ -109,13 +114,19 @@ struct tun_qconn {
     struct sockaddr_storage local; /* the connection's first path's local address */
     socklen_t locallen;
     uv_timer_t timer;
+    uint64_t pdeadline; /* sub-millisecond deadline (tun__now() time), 0: none */
+    struct tun_qconn *pnext, *pprev;
     struct tun_qstream *streams;
     struct tun_qstream *sendq_head, *sendq_tail;
     struct dgram *dq_head, *dq_tail;
     size_t dq_len;
     uint64_t dgrams_dropped;
     uint64_t tx_bytes, rx_bytes, tx_packets, rx_packets;
-    uint64_t rx_path_packets; /* received from the current path's remote address */
+    uint64_t rx_path_packets;   /* received from the current path's remote address */
+    uint64_t rx_since_flush;    /* bytes read since the last flush (hold_ack in conn.c) */
+    uint64_t hold_bytes;        /* bytes read since the ACK hold began */
+    uint64_t hold_until;        /* end of the ACK hold, 0: not holding */
+    uint64_t flushed_in_flight; /* bytes in flight after the last flush */
     uint32_t nstreams;
     /* original DCID chosen by the client, routed until the handshake completes (server) */
     ngtcp2_cid odcid;
@@ -138,6 +149,9 @@ int tun__qep_send(struct tun_qep *ep, const struct sockaddr *local, const struct
                   const uint8_t *data, size_t len, size_t segsize);
 
 uint64_t tun__now(void);
+/* Wake the connection at `deadline` (tun__now() time) with microsecond precision; returns -1
+ * when the endpoint has no precise timer. 0 cancels. */
+int tun__qep_set_precise(struct tun_qep *ep, struct tun_qconn *c, uint64_t deadline);
 void tun__qep_handle_closed(struct tun_qep *ep); /* a connection timer finished closing */
 
 /* conn.c */
@@ -150,6 +164,8 @@ void tun__qconn_read(struct tun_qconn *c, const struct sockaddr *local, const st
 /* Run deferred work: apply stream operations, write packets, deliver deferred events.
  * Returns 1 when the connection was freed. */
 int tun__qconn_flush(struct tun_qconn *c);
+/* A deadline of the connection passed: let ngtcp2 act on it and flush. */
+void tun__qconn_expire(struct tun_qconn *c);
 void tun__qconn_abort(struct tun_qconn *c, uint64_t code, const char *reason);
 
 /* stream.c */

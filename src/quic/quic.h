@@ -189,6 +189,13 @@ struct tun_qconn *tun_qstream_conn(struct tun_qstream *s);
 /* Copy `len` bytes into the send buffer. Returns 1 when the buffer is now full (stop producing
  * until on_writable), 0 otherwise, TUN_ECLOSED after finish/reset. */
 int tun_qstream_write(struct tun_qstream *s, const uint8_t *data, size_t len);
+/* Write in place (a socket read straight into the send buffer, saving a copy): `*buf` gets
+ * room for `*len` >= min(`min`, chunk size) bytes at the end of the buffer; fill some of it,
+ * then tun_qstream_commit() the count (0 if nothing came). Nothing else may touch the stream in
+ * between. reserve returns 0, TUN_ENOMEM or TUN_ECLOSED; commit returns like
+ * tun_qstream_write. */
+int tun_qstream_reserve(struct tun_qstream *s, size_t min, uint8_t **buf, size_t *len);
+int tun_qstream_commit(struct tun_qstream *s, size_t n);
 size_t tun_qstream_buffered(struct tun_qstream *s);
 /* Send FIN after the buffered data. */
 int tun_qstream_finish(struct tun_qstream *s);

@@ -10,7 +10,7 @@
 
 /* Chunks come from a per-endpoint free list: a busy stream recycles the same few chunks
  * instead of calling malloc for every 16 KiB it sends. */
-#define MAX_FREE_CHUNKS 256
+#define MAX_FREE_CHUNKS 64
 
 static struct sbuf_chunk *chunk_get(struct tun_qep *ep)
 {
@@ -133,24 +133,48 @@ size_t tun_qstream_buffered(struct tun_qstream *s)
     return (size_t)(s->written - s->acked);
 }
 
-int tun_qstream_write(struct tun_qstream *s, const uint8_t *data, size_t len)
+static int can_write(struct tun_qstream *s)
+{
+    return !(s->fin_requested || s->reset_requested || s->shut_wr || s->conn->closed);
+}
+
+/* Append an empty chunk at the tail. */
+static int add_chunk(struct tun_qstream *s)
+{
+    struct sbuf_chunk *ch = chunk_get(s->conn->ep);
+    if (!ch)
+        return TUN_ENOMEM;
+    if (s->tail)
+        s->tail->next = ch;
+    else {
+        s->head = ch;
+        s->base = s->written;
+    }
+    s->tail = ch;
+    return 0;
+}
+
+/* After bytes were added: queue the stream for sending and report a full buffer. */
+static int written(struct tun_qstream *s)
 {
     struct tun_qconn *c = s->conn;
-    if (s->fin_requested || s->reset_requested || s->shut_wr || c->closed)
+    if (!s->blocked)
+        tun__sendq_add(c, s);
+    tun__qep_mark_dirty(c->ep, c);
+    if (tun_qstream_buffered(s) >= c->ep->cfg.stream_send_buffer) {
+        s->full = 1;
+        return 1;
+    }
+    return 0;
+}
+
+int tun_qstream_write(struct tun_qstream *s, const uint8_t *data, size_t len)
+{
+    if (!can_write(s))
         return TUN_ECLOSED;
     while (len > 0) {
-        if (!s->tail || s->tail->len == SBUF_CHUNK) {
-            struct sbuf_chunk *ch = chunk_get(c->ep);
-            if (!ch)
-                return TUN_ENOMEM;
-            if (s->tail)
-                s->tail->next = ch;
-            else {
-                s->head = ch;
-                s->base = s->written;
-            }
-            s->tail = ch;
-        }
+        if ((!s->tail || s->tail->len == SBUF_CHUNK) && add_chunk(s) != 0)
+            return TUN_ENOMEM;
         size_t n = SBUF_CHUNK - s->tail->len;
         if (n > len)
             n = len;
@@ -160,14 +184,45 @@ int tun_qstream_write(struct tun_qstream *s, const uint8_t *data, size_t len)
         data += n;
         len -= n;
     }
-    if (!s->blocked)
-        tun__sendq_add(c, s);
-    tun__qep_mark_dirty(c->ep, c);
-    if (tun_qstream_buffered(s) >= c->ep->cfg.stream_send_buffer) {
-        s->full = 1;
-        return 1;
-    }
+    return written(s);
+}
+
+int tun_qstream_reserve(struct tun_qstream *s, size_t min, uint8_t **buf, size_t *len)
+{
+    if (!can_write(s))
+        return TUN_ECLOSED;
+    if (min > SBUF_CHUNK)
+        min = SBUF_CHUNK;
+    /* A last chunk with less room is left short: chunks need not be full (the send path and
+     * the release on acknowledgement go by each chunk's length). */
+    if ((!s->tail || SBUF_CHUNK - s->tail->len < min) && add_chunk(s) != 0)
+        return TUN_ENOMEM;
+    *buf = s->tail->data + s->tail->len;
+    *len = SBUF_CHUNK - s->tail->len;
     return 0;
+}
+
+int tun_qstream_commit(struct tun_qstream *s, size_t n)
+{
+    if (n == 0) {
+        /* Nothing came (EAGAIN, EOF): do not keep an empty chunk on an idle stream. */
+        if (s->tail && s->tail->len == 0) {
+            struct sbuf_chunk **pp = &s->head, *prev = NULL;
+            while (*pp != s->tail) {
+                prev = *pp;
+                pp = &(*pp)->next;
+            }
+            *pp = NULL;
+            if (s->vc == s->tail)
+                s->vc = NULL;
+            chunk_put(s->conn->ep, s->tail);
+            s->tail = prev;
+        }
+        return 0;
+    }
+    s->tail->len += n;
+    s->written += n;
+    return written(s);
 }
 
 int tun_qstream_finish(struct tun_qstream *s)
