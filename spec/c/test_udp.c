@@ -210,10 +210,11 @@ static void on_recv(struct tun_udp *u, const struct sockaddr *from, const uint8_
     }
 }
 
-static void on_batch(struct tun_udp *u, void *ud)
+static void on_batch(struct tun_udp *u, int more, void *ud)
 {
     (void)u;
-    ((struct rx *)ud)->batches++;
+    if (!more)
+        ((struct rx *)ud)->batches++;
 }
 
 static void fill(uint8_t *p, size_t len, size_t segsize, unsigned seed)
@@ -496,6 +497,7 @@ static void test_gso_fallback(void)
 struct bounded {
     struct rx *r;
     int last_count, max_per_batch, batches, iterations, batch_iteration_repeats, last_iteration;
+    int mids, mid_gap_max, last_mid_count;
 };
 
 static void on_prepare(uv_prepare_t *p)
@@ -503,10 +505,18 @@ static void on_prepare(uv_prepare_t *p)
     ((struct bounded *)p->data)->iterations++;
 }
 
-static void on_bounded_batch(struct tun_udp *u, void *ud)
+static void on_bounded_batch(struct tun_udp *u, int more, void *ud)
 {
     (void)u;
     struct bounded *b = (struct bounded *)((struct rx *)ud + 1);
+    int since = b->r->count - b->last_mid_count;
+    b->last_mid_count = b->r->count;
+    if (since > b->mid_gap_max)
+        b->mid_gap_max = since;
+    if (more) { /* one full receive call inside a wake-up */
+        b->mids++;
+        return;
+    }
     int n = b->r->count - b->last_count;
     b->last_count = b->r->count;
     if (n > b->max_per_batch)
@@ -545,6 +555,9 @@ static void test_bounded_batches(void)
     CHECK(run_until(&r->count, 3000));
     CHECK(b->max_per_batch <= 1024);
     CHECK(b->batches >= 3);
+    /* Within a wake-up the consumer hears after each full receive call, not only at its end. */
+    CHECK(b->mids > 0);
+    CHECK(b->mid_gap_max < b->max_per_batch);
     CHECK_INT_EQ(b->batch_iteration_repeats, 0);
     struct tun_udp_stats st;
     tun_udp_get_stats(rxs, &st);

@@ -352,11 +352,18 @@ static void do_recv(struct tun_udp *u)
         /* A short batch means the queue is empty: skip the recvmmsg that would say EAGAIN. */
         if ((unsigned)got < n)
             break;
+        /* A full one: more is queued. Let the consumer acknowledge this much first, so that
+         * a sender held by its congestion window is not kept waiting for the whole wake-up. */
+        if (got > 0 && u->batch_cb && calls + 1 < RX_MAX_CALLS && delivered < RX_BUDGET) {
+            u->batch_cb(u, 1, u->ud);
+            if (u->closing)
+                return;
+        }
     }
     if (delivered > 0) {
         u->st.rx_batches++;
         if (u->batch_cb)
-            u->batch_cb(u, u->ud);
+            u->batch_cb(u, 0, u->ud);
     }
 }
 

@@ -51,16 +51,18 @@ struct tun_udp;
  */
 typedef void (*tun_udp_recv_cb)(struct tun_udp *u, const struct sockaddr *from, const uint8_t *data,
                                 size_t len, unsigned ecn, void *ud);
-/* Called once after each run of recv callbacks (one poll wake-up), so a consumer can flush:
- * write its ACKs, pump its connections. Not called when nothing was received. */
-typedef void (*tun_udp_batch_cb)(struct tun_udp *u, void *ud);
+/* Called after each run of recv callbacks, so a consumer can flush: write its ACKs, pump its
+ * connections. `more` is 1 when the socket had more queued than one receive call takes and
+ * this wake-up goes on reading (a consumer may acknowledge what it has so far), 0 at the end
+ * of the wake-up. Not called when nothing was received. */
+typedef void (*tun_udp_batch_cb)(struct tun_udp *u, int more, void *ud);
 /* The socket can take more data (see tun_udp_want_writable). */
 typedef void (*tun_udp_writable_cb)(struct tun_udp *u, void *ud);
 
 struct tun_udp_stats {
     uint64_t rx_packets;   /* datagrams delivered to recv_cb (after GRO splitting) */
     uint64_t rx_bytes;     /* their payload bytes */
-    uint64_t rx_batches;   /* batch_cb calls */
+    uint64_t rx_batches;   /* wake-ups that delivered datagrams */
     uint64_t rx_calls;     /* recvmmsg syscalls that returned data */
     uint64_t rx_gro;       /* received datagrams that the kernel had coalesced (GRO) */
     uint64_t rx_truncated; /* datagrams dropped because they did not fit the buffer */

@@ -407,14 +407,18 @@ void tun_qep_set_path_sender(struct tun_qep *ep, tun_qep_path_send_fn fn, void *
     ep->path_send_ud = ud;
 }
 
-static void batch_cb(struct tun_udp *u, void *ud)
+static void batch_cb(struct tun_udp *u, int more, void *ud)
 {
     (void)u;
-    (void)ud;
-    /* Nothing here: the connections touched by the batch are marked dirty, and the flush runs
-     * from the idle handle on the next loop iteration. By then the whole batch was read (one
-     * ACK covers many packets) and the application has had its turn (the forwarding layer
-     * writes received bytes to TCP in the check phase), so acknowledgements never delay data. */
+    /* At the end of a wake-up, nothing here: the connections touched are marked dirty, and
+     * the flush runs from the idle handle on the next loop iteration. By then everything
+     * queued was read (one ACK covers many packets) and the application has had its turn (the
+     * forwarding layer writes received bytes to TCP in the check phase), so acknowledgements
+     * never delay data. In the middle of a long wake-up (one full receive call of many), flush
+     * now: the ACK lets a sender held by its congestion window go on while we decrypt the rest
+     * (6-11 % more single-stream throughput on the benchmark's veth). */
+    if (more)
+        flush_all(ud);
 }
 
 /* ---- lifecycle -------------------------------------------------------------------------- */
