@@ -252,35 +252,6 @@ static const char *const client_keys[] = {
 
 static const char *const record_keys[] = {"relays", "addrs", "ttl", NULL};
 
-static uint32_t opt_uint(lua_State *L, int t, const char *k, uint32_t max)
-{
-    lua_getfield(L, t, k);
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        return 0;
-    }
-    if (lua_type(L, -1) != LUA_TNUMBER)
-        luaL_error(L, "option '%s' must be a number", k);
-    lua_Number n = lua_tonumber(L, -1);
-    lua_pop(L, 1);
-    if (n < 0 || n > (lua_Number)max || n != (lua_Number)(uint32_t)n)
-        luaL_error(L, "option '%s' must be a whole number from 0 to %u", k, (unsigned)max);
-    return (uint32_t)n;
-}
-
-static const char *opt_str(lua_State *L, int t, const char *k)
-{
-    lua_getfield(L, t, k);
-    const char *s = NULL;
-    if (!lua_isnil(L, -1)) {
-        if (lua_type(L, -1) != LUA_TSTRING)
-            luaL_error(L, "option '%s' must be a string", k);
-        s = lua_tostring(L, -1); /* anchored by the option table */
-    }
-    lua_pop(L, 1);
-    return s;
-}
-
 /* The record table at index t -> *r. Raises on misuse. */
 static void get_record(lua_State *L, int t, struct tun_pkarr_record *r)
 {
@@ -359,12 +330,12 @@ static int l_client(lua_State *L)
     luaL_checktype(L, 1, LUA_TTABLE);
     tun_lua_check_keys(L, 1, client_keys, "option");
     struct tun_disc_client_cfg cfg = {
-        .proxy = opt_str(L, 1, "proxy"),
-        .cafile = opt_str(L, 1, "cafile"),
-        .connect_ms = opt_uint(L, 1, "connect_timeout_ms", 3600000),
-        .timeout_ms = opt_uint(L, 1, "timeout_ms", 3600000),
-        .cache_min_ttl = opt_uint(L, 1, "cache_min_ttl", 86400),
-        .cache_max_ttl = opt_uint(L, 1, "cache_max_ttl", 86400),
+        .proxy = tun_lua_opt_str(L, 1, "proxy"),
+        .cafile = tun_lua_opt_str(L, 1, "cafile"),
+        .connect_ms = (uint32_t)tun_lua_opt_uint(L, 1, "connect_timeout_ms", 0, 3600000),
+        .timeout_ms = (uint32_t)tun_lua_opt_uint(L, 1, "timeout_ms", 0, 3600000),
+        .cache_min_ttl = (uint32_t)tun_lua_opt_uint(L, 1, "cache_min_ttl", 0, 86400),
+        .cache_max_ttl = (uint32_t)tun_lua_opt_uint(L, 1, "cache_max_ttl", 0, 86400),
     };
     struct dobj *o = calloc(1, sizeof(*o));
     if (!o)

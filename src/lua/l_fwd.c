@@ -897,14 +897,6 @@ static struct lobj *check_any(lua_State *L)
     return *p;
 }
 
-static const char *opt_str(lua_State *L, int t, const char *k)
-{
-    lua_getfield(L, t, k);
-    const char *v = lua_isnil(L, -1) ? NULL : luaL_checkstring(L, -1);
-    lua_pop(L, 1); /* still referenced by the option table */
-    return v;
-}
-
 /* relay{ url=, secret= (32 bytes: our identity), proxy=, cafile=, token= } -> true | nil, err.
  * QUIC packets for peers reached through the relay go through it from now on. */
 static int l_obj_relay(lua_State *L)
@@ -930,14 +922,14 @@ static int l_obj_relay(lua_State *L)
         }
     }
     lua_pop(L, 1);
-    if (nurls == 0 && (urls[0] = opt_str(L, 2, "url")) != NULL)
+    if (nurls == 0 && (urls[0] = tun_lua_opt_str(L, 2, "url")) != NULL)
         nurls = 1;
     if (nurls == 0)
         return luaL_error(L, "relay: option 'urls' (or 'url') is required");
     cfg.url = urls[0];
-    cfg.proxy = opt_str(L, 2, "proxy");
-    cfg.cafile = opt_str(L, 2, "cafile");
-    cfg.token = opt_str(L, 2, "token");
+    cfg.proxy = tun_lua_opt_str(L, 2, "proxy");
+    cfg.cafile = tun_lua_opt_str(L, 2, "cafile");
+    cfg.token = tun_lua_opt_str(L, 2, "token");
     get_bytes32(L, 2, "secret", cfg.secret, 1);
     struct tun_qep *ep =
         o->is_server ? tun_fwd_server_endpoint(o->srv) : tun_fwd_client_endpoint(o->cli);

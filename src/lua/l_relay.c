@@ -110,35 +110,6 @@ static int opt_addr(lua_State *L, int t, const char *k, struct sockaddr_storage 
     return 1;
 }
 
-static uint64_t opt_uint(lua_State *L, int t, const char *k, uint64_t max)
-{
-    lua_getfield(L, t, k);
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        return 0;
-    }
-    if (lua_type(L, -1) != LUA_TNUMBER)
-        luaL_error(L, "option '%s' must be a number", k);
-    lua_Number n = lua_tonumber(L, -1);
-    lua_pop(L, 1);
-    if (n < 0 || n > (lua_Number)max || n != (lua_Number)(uint64_t)n)
-        luaL_error(L, "option '%s' must be a whole number from 0 to %f", k, (double)max);
-    return (uint64_t)n;
-}
-
-static const char *opt_str(lua_State *L, int t, const char *k)
-{
-    lua_getfield(L, t, k);
-    const char *s = NULL;
-    if (!lua_isnil(L, -1)) {
-        if (lua_type(L, -1) != LUA_TSTRING)
-            luaL_error(L, "option '%s' must be a string", k);
-        s = lua_tostring(L, -1); /* kept alive by the option table */
-    }
-    lua_pop(L, 1);
-    return s;
-}
-
 /* A list option: its length (0 when absent); leaves nothing on the stack. */
 static size_t opt_list_len(lua_State *L, int t, const char *k)
 {
@@ -165,21 +136,21 @@ static int l_server(lua_State *L)
     if (!opt_addr(L, 1, "listen", &listen_ss))
         return luaL_error(L, "option 'listen' is required");
     int has_stun = opt_addr(L, 1, "stun_listen", &stun_ss);
-    const char *cert = opt_str(L, 1, "tls_cert"), *key = opt_str(L, 1, "tls_key");
+    const char *cert = tun_lua_opt_str(L, 1, "tls_cert"), *key = tun_lua_opt_str(L, 1, "tls_key");
     if (!cert != !key)
         return luaL_error(L, "options 'tls_cert' and 'tls_key' go together");
     struct tun_relay_server_cfg cfg = {
         .listen = (struct sockaddr *)&listen_ss,
         .stun_listen = has_stun ? (struct sockaddr *)&stun_ss : NULL,
-        .rate = (uint32_t)opt_uint(L, 1, "rate", UINT32_MAX),
-        .burst = (uint32_t)opt_uint(L, 1, "burst", UINT32_MAX),
-        .queue_bytes = (size_t)opt_uint(L, 1, "queue_bytes", 1u << 30),
-        .queue_count = (size_t)opt_uint(L, 1, "queue_count", 1u << 20),
-        .pkarr_capacity = (size_t)opt_uint(L, 1, "pkarr_capacity", 1u << 24),
-        .auth_timeout_ms = opt_uint(L, 1, "auth_timeout_ms", 86400000),
-        .http_timeout_ms = opt_uint(L, 1, "http_timeout_ms", 86400000),
-        .ping_ms = opt_uint(L, 1, "ping_ms", 86400000),
-        .dead_ms = opt_uint(L, 1, "dead_ms", 86400000),
+        .rate = (uint32_t)tun_lua_opt_uint(L, 1, "rate", 0, UINT32_MAX),
+        .burst = (uint32_t)tun_lua_opt_uint(L, 1, "burst", 0, UINT32_MAX),
+        .queue_bytes = (size_t)tun_lua_opt_uint(L, 1, "queue_bytes", 0, 1u << 30),
+        .queue_count = (size_t)tun_lua_opt_uint(L, 1, "queue_count", 0, 1u << 20),
+        .pkarr_capacity = (size_t)tun_lua_opt_uint(L, 1, "pkarr_capacity", 0, 1u << 24),
+        .auth_timeout_ms = tun_lua_opt_uint(L, 1, "auth_timeout_ms", 0, 86400000),
+        .http_timeout_ms = tun_lua_opt_uint(L, 1, "http_timeout_ms", 0, 86400000),
+        .ping_ms = tun_lua_opt_uint(L, 1, "ping_ms", 0, 86400000),
+        .dead_ms = tun_lua_opt_uint(L, 1, "dead_ms", 0, 86400000),
     };
     /* Lists are copied into userdata-free scratch that lives until the call
      * returns: the server copies them. */

@@ -173,22 +173,6 @@ static void check_addr(lua_State *L, const char *what, const char *s, struct soc
                    what, s);
 }
 
-static uint32_t opt_uint(lua_State *L, int t, const char *k, uint32_t def, uint32_t max)
-{
-    lua_getfield(L, t, k);
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        return def;
-    }
-    if (lua_type(L, -1) != LUA_TNUMBER)
-        luaL_error(L, "option '%s' must be a number", k);
-    lua_Number n = lua_tonumber(L, -1);
-    lua_pop(L, 1);
-    if (n < 0 || n > max || n != (lua_Number)(uint32_t)n)
-        luaL_error(L, "option '%s' must be a whole number from 0 to %d", k, (int)max);
-    return (uint32_t)n;
-}
-
 static void push_addr(lua_State *L, const struct sockaddr_storage *ss)
 {
     if (ss->ss_family != AF_INET && ss->ss_family != AF_INET6) {
@@ -344,11 +328,11 @@ static int l_probe(lua_State *L)
     lua_pop(L, 1);
 
     struct tun_stun_client_cfg cfg = {
-        .rto_ms = opt_uint(L, 1, "rto_ms", 0, 60000),
-        .rc = opt_uint(L, 1, "rc", 0, 20),
-        .rm = opt_uint(L, 1, "rm", 0, 100),
+        .rto_ms = (uint32_t)tun_lua_opt_uint(L, 1, "rto_ms", 0, 60000),
+        .rc = (uint32_t)tun_lua_opt_uint(L, 1, "rc", 0, 20),
+        .rm = (uint32_t)tun_lua_opt_uint(L, 1, "rm", 0, 100),
     };
-    uint32_t timeout_ms = opt_uint(L, 1, "timeout_ms", 0, 3600000);
+    uint32_t timeout_ms = (uint32_t)tun_lua_opt_uint(L, 1, "timeout_ms", 0, 3600000);
 
     lua_getfield(L, 1, "on_done");
     luaL_checktype(L, -1, LUA_TFUNCTION);

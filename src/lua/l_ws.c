@@ -169,36 +169,6 @@ static const char *const connect_keys[] = {
     "max_message", "max_queued", "on_open", "on_message", "on_close",     NULL,
 };
 
-static const char *opt_str(lua_State *L, const char *k)
-{
-    lua_getfield(L, 1, k);
-    const char *s = NULL;
-    if (!lua_isnil(L, -1)) {
-        if (lua_type(L, -1) != LUA_TSTRING)
-            luaL_error(L, "ws.connect: option '%s' must be a string", k);
-        s = lua_tostring(L, -1); /* kept alive by the option table */
-    }
-    lua_pop(L, 1);
-    return s;
-}
-
-static uint64_t opt_uint(lua_State *L, const char *k, uint64_t dflt, uint64_t max)
-{
-    lua_getfield(L, 1, k);
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        return dflt;
-    }
-    if (lua_type(L, -1) != LUA_TNUMBER)
-        luaL_error(L, "ws.connect: option '%s' must be a number", k);
-    lua_Number n = lua_tonumber(L, -1);
-    lua_pop(L, 1);
-    if (n < 0 || n > (lua_Number)max || n != (lua_Number)(uint64_t)n)
-        luaL_error(L, "ws.connect: option '%s' must be a whole number from 0 to %f", k,
-                   (double)max);
-    return (uint64_t)n;
-}
-
 /* A handler option: checked by check_fn before anything is allocated, then referenced. */
 static void check_fn(lua_State *L, const char *k)
 {
@@ -226,27 +196,28 @@ static int l_connect(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     tun_lua_check_keys(L, 1, connect_keys, "option");
-    const char *url = opt_str(L, "url");
+    const char *url = tun_lua_opt_str(L, 1, "url");
     if (!url)
         return luaL_error(L, "ws.connect: option 'url' is required (ws://host:port/path)");
     const char *why = NULL;
     if (tun_wsclient_check_url(url, &why) != 0)
         return luaL_error(L, "ws.connect: bad url '%s': %s", url, why);
-    const char *proxy = opt_str(L, "proxy");
+    const char *proxy = tun_lua_opt_str(L, 1, "proxy");
     if (proxy && strncmp(proxy, "socks5://", 9) != 0 && strncmp(proxy, "socks5h://", 10) != 0)
         return luaL_error(L, "ws.connect: proxy must be socks5://host:port or socks5h://host:port "
                              "(socks5h lets the proxy resolve names)");
     struct tun_wsclient_cfg cfg = {
         .url = url,
         .proxy = proxy,
-        .cafile = opt_str(L, "cafile"),
-        .connect_ms = (uint32_t)opt_uint(L, "connect_ms", 10000, DAY_MS),
-        .handshake_ms = (uint32_t)opt_uint(L, "handshake_ms", 10000, DAY_MS),
-        .ping_ms = (uint32_t)opt_uint(L, "ping_ms", 30000, DAY_MS),
-        .dead_ms = (uint32_t)opt_uint(L, "dead_ms", 90000, DAY_MS),
-        .max_message = (size_t)opt_uint(L, "max_message", TUN_WS_DEFAULT_MAX_MESSAGE,
-                                        TUN_WS_MAX_MESSAGE_LIMIT),
-        .max_queued = (size_t)opt_uint(L, "max_queued", 1024 * 1024, TUN_WS_MAX_MESSAGE_LIMIT),
+        .cafile = tun_lua_opt_str(L, 1, "cafile"),
+        .connect_ms = (uint32_t)tun_lua_opt_uint(L, 1, "connect_ms", 10000, DAY_MS),
+        .handshake_ms = (uint32_t)tun_lua_opt_uint(L, 1, "handshake_ms", 10000, DAY_MS),
+        .ping_ms = (uint32_t)tun_lua_opt_uint(L, 1, "ping_ms", 30000, DAY_MS),
+        .dead_ms = (uint32_t)tun_lua_opt_uint(L, 1, "dead_ms", 90000, DAY_MS),
+        .max_message = (size_t)tun_lua_opt_uint(L, 1, "max_message", TUN_WS_DEFAULT_MAX_MESSAGE,
+                                                TUN_WS_MAX_MESSAGE_LIMIT),
+        .max_queued =
+            (size_t)tun_lua_opt_uint(L, 1, "max_queued", 1024 * 1024, TUN_WS_MAX_MESSAGE_LIMIT),
     };
     if (cfg.connect_ms == 0 || cfg.handshake_ms == 0 || cfg.max_message == 0 || cfg.max_queued == 0)
         return luaL_error(L, "ws.connect: connect_ms, handshake_ms, max_message and max_queued "

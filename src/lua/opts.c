@@ -52,3 +52,33 @@ void tun_lua_add_closer_once(int *registered, void (*fn)(void *ud))
         *registered = 1;
     }
 }
+
+uint64_t tun_lua_opt_uint(lua_State *L, int t, const char *k, uint64_t def, uint64_t max)
+{
+    lua_getfield(L, t, k);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return def;
+    }
+    if (lua_type(L, -1) != LUA_TNUMBER)
+        luaL_error(L, "option '%s' must be a number", k);
+    lua_Number n = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    if (n < 0 || n > (lua_Number)max || n != (lua_Number)(uint64_t)n)
+        luaL_error(L, "option '%s' must be a whole number from 0 to %llu", k,
+                   (unsigned long long)max);
+    return (uint64_t)n;
+}
+
+const char *tun_lua_opt_str(lua_State *L, int t, const char *k)
+{
+    lua_getfield(L, t, k);
+    const char *s = NULL;
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_error(L, "option '%s' must be a string", k);
+        s = lua_tostring(L, -1); /* kept alive by the option table */
+    }
+    lua_pop(L, 1);
+    return s;
+}

@@ -4,6 +4,7 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <stdint.h>
 
 /* Raise a Lua error for a key of table `t` that is not in the NULL-terminated `known` list:
  * "unknown <what> 'k'" (what: "option", "record field", ...). */
@@ -21,6 +22,13 @@ void tun_lua_new_class(lua_State *L, const char *name, const luaL_Reg *methods, 
 /* Register `fn` as a closer of the host (run at shutdown) the first time a binding creates an
  * object; `*registered` remembers it. No host (a bare Lua state in tests): nothing to do. */
 void tun_lua_add_closer_once(int *registered, void (*fn)(void *ud));
+
+/* Option `k` of the option table at `t`: `def` when absent, else a whole number from 0 to
+ * `max`; anything else raises "option 'k' must be ...". */
+uint64_t tun_lua_opt_uint(lua_State *L, int t, const char *k, uint64_t def, uint64_t max);
+/* Option `k`: NULL when absent, else a string (kept alive by the option table); anything else
+ * raises "option 'k' must be a string". */
+const char *tun_lua_opt_str(lua_State *L, int t, const char *k);
 
 /* A module table of `fns`, pushed. */
 void tun_lua_new_module(lua_State *L, const luaL_Reg *fns);
