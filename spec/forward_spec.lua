@@ -4,7 +4,6 @@
 local H = require "helper"
 local uv = require "luv"
 
-local TOOL = "spec/tools/netcheck.py"
 local MODE_700 = tonumber("700", 8)
 local MiB = 1024 * 1024
 
@@ -25,11 +24,7 @@ end
 
 --- Start netcheck with `args`; opts as for H.spawn.
 local function tool(args, opts)
-  local cmd = { "python3", TOOL }
-  for _, a in ipairs(args) do
-    cmd[#cmd + 1] = tostring(a)
-  end
-  return track(H.spawn(cmd, opts), "netcheck " .. args[1])
+  return H.netcheck(T.procs, args, opts)
 end
 
 --- Run a netcheck check to completion (bounded by `timeout` seconds).

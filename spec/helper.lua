@@ -142,6 +142,16 @@ function H.logs(procs)
   return "\n" .. table.concat(parts, "\n")
 end
 
+--- Start spec/tools/netcheck.py with `args` (its subcommand first), tracked in `procs`;
+--- `opts` as for H.spawn.
+function H.netcheck(procs, args, opts)
+  local cmd = { "python3", "spec/tools/netcheck.py" }
+  for _, a in ipairs(args) do
+    cmd[#cmd + 1] = tostring(a)
+  end
+  return H.track(procs, H.spawn(cmd, opts), "netcheck " .. args[1])
+end
+
 --- A local TCP (or UDP, proto = "udp") port on 127.0.0.1 that is free right now.
 function H.free_port(proto)
   local h = proto == "udp" and uv.new_udp() or uv.new_tcp()

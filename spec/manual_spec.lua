@@ -4,7 +4,6 @@
 -- manual_lab_spec.lua. Deadlines only bound a test; no result depends on timing.
 local H = require "helper"
 
-local TOOL = "spec/tools/netcheck.py"
 local MiB = 1024 * 1024
 
 local T
@@ -18,11 +17,7 @@ local function logs()
 end
 
 local function tool(args)
-  local cmd = { "python3", TOOL }
-  for _, a in ipairs(args) do
-    cmd[#cmd + 1] = tostring(a)
-  end
-  return track(H.spawn(cmd), "netcheck " .. args[1])
+  return H.netcheck(T.procs, args)
 end
 
 local function echo_service()

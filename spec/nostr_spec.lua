@@ -13,7 +13,6 @@ if not nostr.guard("nostr mode") then
   return
 end
 
-local TOOL = "spec/tools/netcheck.py"
 local MiB = 1024 * 1024
 local KIND = 25517
 
@@ -57,11 +56,7 @@ end
 -- Processes
 
 local function tool(args)
-  local cmd = { "python3", TOOL }
-  for _, a in ipairs(args) do
-    cmd[#cmd + 1] = tostring(a)
-  end
-  return track(H.spawn(cmd), "netcheck " .. args[1])
+  return H.netcheck(T.procs, args)
 end
 
 local function service(args)

@@ -3,7 +3,6 @@
 -- and the relay URL. Deadlines only bound a test; no result depends on timing.
 local H = require "helper"
 
-local TOOL = "spec/tools/netcheck.py"
 local MiB = 1024 * 1024
 
 local T
@@ -17,11 +16,7 @@ local function logs()
 end
 
 local function tool(args)
-  local cmd = { "python3", TOOL }
-  for _, a in ipairs(args) do
-    cmd[#cmd + 1] = tostring(a)
-  end
-  return track(H.spawn(cmd), "netcheck " .. args[1])
+  return H.netcheck(T.procs, args)
 end
 
 local function start_relay(port)
