@@ -567,7 +567,11 @@ describe("nostr mode", function()
       end
       assert.matches("request ignored: made 6%d s ago", srv.stderr, nil, logs())
       assert.matches("request ignored: made %d+ s in the future", srv.stderr, nil, logs())
-      -- Nothing went out for them either: the server's offers are for warm and fresh only.
+      -- Nothing went out for them either: the server's offers are for warm and fresh only
+      -- (the log line comes before the offer reaches the relay: wait for both).
+      H.wait_until(function()
+        return #raw_events(relay, S.pk) >= 2
+      end, 20)
       local offers = {}
       for _, e in ipairs(of_type(events_from(relay, S.pk), "offer")) do
         offers[e.msg.session] = true
@@ -587,7 +591,11 @@ describe("nostr mode", function()
       wait_err(srv, "Session " .. bad .. " refused: ", true)
       assert.matches("Session " .. bad .. " refused: bad request: field 'candidates'", srv.stderr,
         1, true)
-      -- The reject went to the client, encrypted, with the same reason.
+      -- The reject went to the client, encrypted, with the same reason. The server logs the
+      -- refusal before its event reaches the relay: wait for the event.
+      H.wait_until(function()
+        return #raw_events(relay, S.pk) >= 1
+      end, 20)
       local rejects = of_type(events_from(relay, S.pk), "reject")
       assert.equal(1, #rejects, logs())
       assert.equal(bad, rejects[1].msg.session)
