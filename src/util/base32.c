@@ -15,7 +15,7 @@ size_t tun_base32_decoded_len(size_t len)
     return (len / 8) * 5 + (len % 8) * 5 / 8;
 }
 
-int tun_base32_encode(char *out, size_t cap, const uint8_t *in, size_t n)
+int tun__base32_pack(char *out, size_t cap, const uint8_t *in, size_t n, const char alphabet[32])
 {
     size_t need = tun_base32_encoded_len(n);
     if (out == NULL || cap < need + 1 || need > INT_MAX)
@@ -28,14 +28,19 @@ int tun_base32_encode(char *out, size_t cap, const uint8_t *in, size_t n)
         bits += 8;
         while (bits >= 5) {
             bits -= 5;
-            out[o++] = ALPHABET[(acc >> bits) & 31];
+            out[o++] = alphabet[(acc >> bits) & 31];
         }
         acc &= (1u << bits) - 1;
     }
     if (bits > 0)
-        out[o++] = ALPHABET[(acc << (5 - bits)) & 31];
+        out[o++] = alphabet[(acc << (5 - bits)) & 31];
     out[o] = '\0';
     return (int)o;
+}
+
+int tun_base32_encode(char *out, size_t cap, const uint8_t *in, size_t n)
+{
+    return tun__base32_pack(out, cap, in, n, ALPHABET);
 }
 
 /* Value of a base32 character, -1 for '=' and -2 for anything else. */
@@ -62,6 +67,12 @@ int tun_base32_decode(uint8_t *out, size_t cap, const char *in, size_t len, size
             return v == -1 ? TUN_EINVAL : TUN_EFORMAT;
         }
     }
+    return tun__base32_unpack(out, cap, in, len, value_of, bad_pos);
+}
+
+int tun__base32_unpack(uint8_t *out, size_t cap, const char *in, size_t len,
+                       int (*char_value)(unsigned char), size_t *bad_pos)
+{
     size_t rem = len % 8;
     if (rem == 1 || rem == 3 || rem == 6)
         return TUN_ELENGTH;
@@ -72,7 +83,7 @@ int tun_base32_decode(uint8_t *out, size_t cap, const char *in, size_t len, size
     unsigned acc = 0;
     int bits = 0;
     for (size_t i = 0; i < len; i++) {
-        acc = (acc << 5) | (unsigned)value_of((unsigned char)in[i]);
+        acc = (acc << 5) | (unsigned)char_value((unsigned char)in[i]);
         bits += 5;
         if (bits >= 8) {
             bits -= 8;
@@ -80,7 +91,8 @@ int tun_base32_decode(uint8_t *out, size_t cap, const char *in, size_t len, size
             acc &= (1u << bits) - 1;
         }
     }
-    /* Whatever is left (0-4 bits) is padding inside the last character and must be zero. */
+    /* Whatever is left (0-4 bits) is padding inside the last character and must be zero for
+     * the text to be canonical. */
     if (acc != 0) {
         if (bad_pos)
             *bad_pos = len - 1;

@@ -45,4 +45,11 @@ int tun_base32_encode(char *out, size_t cap, const uint8_t *in, size_t n);
  */
 int tun_base32_decode(uint8_t *out, size_t cap, const char *in, size_t len, size_t *bad_pos);
 
+/* The 5-bit packing that base32 and z-base-32 (util/zbase32) share, for those two files:
+ * encode with `alphabet`; decode text whose characters the caller has checked, `char_value`
+ * mapping each to 0..31 (length, room and canonical-trailing-bits checks as above). */
+int tun__base32_pack(char *out, size_t cap, const uint8_t *in, size_t n, const char alphabet[32]);
+int tun__base32_unpack(uint8_t *out, size_t cap, const char *in, size_t len,
+                       int (*char_value)(unsigned char), size_t *bad_pos);
+
 #endif

@@ -1,36 +1,17 @@
 #include "util/zbase32.h"
+#include "util/base32.h"
 #include "util/error.h"
-
-#include <limits.h>
 
 static const char ALPHABET[] = "ybndrfg8ejkmcpqxot1uwisza345h769";
 
 size_t tun_zbase32_encoded_len(size_t n)
 {
-    return (n / 5) * 8 + (n % 5 * 8 + 4) / 5;
+    return tun_base32_encoded_len(n);
 }
 
 int tun_zbase32_encode(char *out, size_t cap, const uint8_t *in, size_t n)
 {
-    size_t need = tun_zbase32_encoded_len(n);
-    if (out == NULL || cap < need + 1 || need > INT_MAX)
-        return TUN_ETOOBIG;
-    size_t o = 0;
-    unsigned acc = 0; /* never more than 12 bits */
-    int bits = 0;
-    for (size_t i = 0; i < n; i++) {
-        acc = (acc << 8) | in[i];
-        bits += 8;
-        while (bits >= 5) {
-            bits -= 5;
-            out[o++] = ALPHABET[(acc >> bits) & 31];
-        }
-        acc &= (1u << bits) - 1;
-    }
-    if (bits > 0)
-        out[o++] = ALPHABET[(acc << (5 - bits)) & 31];
-    out[o] = '\0';
-    return (int)o;
+    return tun__base32_pack(out, cap, in, n, ALPHABET);
 }
 
 /* Value of a z-base-32 character (either case), or -1. */
@@ -53,29 +34,5 @@ int tun_zbase32_decode(uint8_t *out, size_t cap, const char *in, size_t len, siz
             return TUN_EFORMAT;
         }
     }
-    size_t rem = len % 8;
-    if (rem == 1 || rem == 3 || rem == 6)
-        return TUN_ELENGTH;
-    size_t need = (len / 8) * 5 + rem * 5 / 8;
-    if (need > cap || need > INT_MAX)
-        return TUN_ETOOBIG;
-    size_t o = 0;
-    unsigned acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < len; i++) {
-        acc = (acc << 5) | (unsigned)value_of((unsigned char)in[i]);
-        bits += 5;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (uint8_t)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
-    }
-    /* Fewer than 5 bits are left over; they must be zero for the text to be canonical. */
-    if (acc != 0) {
-        if (bad_pos)
-            *bad_pos = len - 1;
-        return TUN_ERANGE;
-    }
-    return (int)o;
+    return tun__base32_unpack(out, cap, in, len, value_of, bad_pos);
 }
