@@ -18,9 +18,7 @@ local function logs()
   return H.logs(T.procs)
 end
 
-local function count(s, pattern)
-  return select(2, s:gsub(pattern, ""))
-end
+local count = H.count
 
 --- Start netcheck with `args`; opts as for H.spawn.
 local function tool(args, opts)

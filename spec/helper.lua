@@ -152,6 +152,18 @@ function H.netcheck(procs, args, opts)
   return H.track(procs, H.spawn(cmd, opts), "netcheck " .. args[1])
 end
 
+--- How many times `pattern` occurs in `s` (without overlaps; `plain`: a plain string).
+function H.count(s, pattern, plain)
+  local n, i = 0, 1
+  while true do
+    local a, b = s:find(pattern, i, plain)
+    if not a then
+      return n
+    end
+    n, i = n + 1, b + 1
+  end
+end
+
 --- A local TCP (or UDP, proto = "udp") port on 127.0.0.1 that is free right now.
 function H.free_port(proto)
   local h = proto == "udp" and uv.new_udp() or uv.new_tcp()

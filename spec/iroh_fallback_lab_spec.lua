@@ -101,14 +101,7 @@ local function direct_path(lab, up)
 end
 
 local function count(s, plain)
-  local n, i = 0, 1
-  while true do
-    local j = s:find(plain, i, true)
-    if not j then
-      return n
-    end
-    n, i = n + 1, j + #plain
-  end
+  return H.count(s, plain, true)
 end
 
 describe("iroh mode: direct path lost and found again", function()

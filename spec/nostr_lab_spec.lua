@@ -220,13 +220,7 @@ end
 
 --- The EVENT messages the relay received (from its --log), in order.
 local function logged_events(w)
-  local list = {}
-  for _, m in ipairs(w.relay.messages()) do
-    if type(m) == "table" and m[1] == "EVENT" and type(m[2]) == "table" then
-      list[#list + 1] = m[2]
-    end
-  end
-  return list
+  return w.relay.events()
 end
 
 -- The secret key (hex) that decrypts `ev` and the key of the other side, from the two known

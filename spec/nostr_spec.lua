@@ -31,16 +31,7 @@ local function logs()
   return H.logs(T.procs)
 end
 
-local function count(s, pattern, plain)
-  local n, i = 0, 1
-  while true do
-    local a, b = s:find(pattern, i, plain)
-    if not a then
-      return n
-    end
-    n, i = n + 1, b + 1
-  end
-end
+local count = H.count
 
 local function esc(s)
   return (s:gsub("%p", "%%%0"))
@@ -169,14 +160,7 @@ end
 
 --- The events of our kind that `relay` received from `pk`, as they came.
 local function raw_events(relay, pk)
-  local evs = {}
-  for _, m in ipairs(relay.messages()) do
-    if type(m) == "table" and m[1] == "EVENT" and type(m[2]) == "table" and
-      m[2].pubkey == pk and m[2].kind == KIND then
-      evs[#evs + 1] = m[2]
-    end
-  end
-  return evs
+  return relay.events(pk, KIND)
 end
 
 --- The events of our kind `relay` received from `pk`, decrypted with nostr-tools by the peer:

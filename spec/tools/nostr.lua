@@ -270,8 +270,9 @@ local RELAY_OPTS = { host = true, port = true, netns = true, log = true, auth = 
 -- client->relay message; true: a temp file), o.auth (demand NIP-42 AUTH before EVENT),
 -- o.timeout (seconds to wait for the ready line, default 30). Raises when it does not start.
 -- Returns a handle: url, host, port, pid, proc (the helper.spawn process), log (the path),
--- :messages() (the logged messages, decoded), :stop() (SIGTERM, then SIGKILL; returns the exit
--- code and signal; safe to call twice).
+-- :messages() (the logged messages, decoded), :events(pubkey, kind) (the events of the logged
+-- EVENT messages, in order; optionally only those of `pubkey` and `kind`), :stop() (SIGTERM,
+-- then SIGKILL; returns the exit code and signal; safe to call twice).
 function M.start_relay(o)
   o = o or {}
   check_opts(o, RELAY_OPTS, "start_relay")
@@ -313,6 +314,17 @@ function M.start_relay(o)
     for line in (H.read_file(log or "/dev/null") or ""):gmatch("[^\n]+") do
       local ok, v = pcall(cjson.decode, line)
       list[#list + 1] = ok and v or line
+    end
+    return list
+  end
+  function r.events(pubkey, kind)
+    local list = {}
+    for _, m in ipairs(r.messages()) do
+      local ev = type(m) == "table" and m[1] == "EVENT" and m[2]
+      if type(ev) == "table" and (not pubkey or ev.pubkey == pubkey) and
+        (not kind or ev.kind == kind) then
+        list[#list + 1] = ev
+      end
     end
     return list
   end

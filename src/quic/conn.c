@@ -551,24 +551,24 @@ static int hold_ack(struct tun_qconn *c)
 {
     uint64_t rx = c->rx_since_flush;
     c->rx_since_flush = 0;
+    int start = !c->hold_until && rx && rx < TUN_ACK_HOLD_BYTES && c->ready && !c->want_close;
+    if (!c->hold_until && !start)
+        return 0;
     ngtcp2_tstamp now = tun__now();
     ngtcp2_conn_stat st;
-    if (c->hold_until) {
+    ngtcp2_conn_get_conn_stat(c->conn, &st);
+    if (start && st.smoothed_rtt / 8 < TUN_ACK_HOLD) {
+        c->hold_until = now + TUN_ACK_HOLD;
+        c->hold_bytes = rx;
+    } else if (!start) {
         c->hold_bytes += rx;
         if (c->hold_bytes >= TUN_ACK_HOLD_BYTES || now >= c->hold_until || c->want_close)
             c->hold_until = 0;
-    } else if (rx && rx < TUN_ACK_HOLD_BYTES && c->ready && !c->want_close) {
-        ngtcp2_conn_get_conn_stat(c->conn, &st);
-        if (st.smoothed_rtt / 8 < TUN_ACK_HOLD) {
-            c->hold_until = now + TUN_ACK_HOLD;
-            c->hold_bytes = rx;
-        }
     }
     if (!c->hold_until || c->sendq_head || c->dq_head)
         return 0;
     /* Packets in flight: skip the write only if no ACK came since the last flush (the flight
      * did not shrink), as an ACK may have declared packets lost that need sending again. */
-    ngtcp2_conn_get_conn_stat(c->conn, &st);
     return st.bytes_in_flight == 0 || st.bytes_in_flight == c->flushed_in_flight;
 }
 
