@@ -164,21 +164,27 @@ def classic(meta, rows, work, label, tput, med, size, w):
     w("")
 
     # ---------------------------------------------------------------- latency
-    ping = {r["path"]: r["data"] for r in rows if r["kind"] == "ping"}
-    ping_others = {r["path"]: r.get("others_pct") for r in rows if r["kind"] == "ping"}
+    ping, ping_others, ping_rounds = ping_rows(rows)
     tp = ping.get("tunnel", {}).get("median_us")
-    w("### Round-trip time, 64-byte ping-pong on one connection (%s round trips)"
-      % meta["ping_count"])
+    nr = int(meta.get("ping_rounds", "1"))
+    w("### Round-trip time, 64-byte ping-pong on one connection (%s round trips%s)"
+      % (meta["ping_count"], ", %d interleaved rounds" % nr if nr > 1 else ""))
     w("")
-    w("| path | median µs | p90 µs | p99 µs | tunnel ÷ this (median) | other load % |")
-    w("|---|---:|---:|---:|---:|---:|")
+    w("| path | median µs | p90 µs | p99 µs | tunnel ÷ this (median) | round medians µs "
+      "| other load % |")
+    w("|---|---:|---:|---:|---:|---|---:|")
     for p in ORDER:
         if p in ping:
             d = ping[p]
-            w("| %s | %s | %s | %s | %s | %s |" % (
+            w("| %s | %s | %s | %s | %s | %s | %s |" % (
                 label[p], fmt(d["median_us"]), fmt(d["p90_us"]), fmt(d["p99_us"]),
-                "—" if p == "tunnel" else ratio(tp, d["median_us"]), fmt(ping_others.get(p))))
+                "—" if p == "tunnel" else ratio(tp, d["median_us"]),
+                " ".join(fmt(x) for x in ping_rounds[p]), fmt(ping_others.get(p))))
     w("")
+    if nr > 1:
+        w("Each path's figures are the medians of its rounds; every round runs all paths, each "
+          "round starting at the next one.")
+        w("")
 
     # ---------------------------------------------------------------- UDP
     udp = [r for r in rows if r["kind"] == "udp"]
@@ -306,6 +312,22 @@ FB_LABELS = {
     "dns": "`--dns-server URL/pkarr` (lookup first), server allows direct",
     "relay-only": "`--relay-only` on both (first byte surely via the relay)",
 }
+
+
+def ping_rows(rows):
+    """Ping results per path: medians over the rounds, the other-load mean, the round medians."""
+    by = {}
+    for r in rows:
+        if r["kind"] == "ping":
+            by.setdefault(r["path"], []).append(r)
+    ping, others, rounds = {}, {}, {}
+    for p, rs in by.items():
+        ping[p] = {k: statistics.median(r["data"][k] for r in rs)
+                   for k in ("median_us", "p90_us", "p99_us")}
+        o = [r["others_pct"] for r in rs if r.get("others_pct") is not None]
+        others[p] = statistics.mean(o) if o else None
+        rounds[p] = [r["data"]["median_us"] for r in rs]
+    return ping, others, rounds
 
 
 def med_of(xs):

@@ -99,6 +99,7 @@ else
     TPUT_BYTES=$((1024 * 1024 * 1024)); TPUT_LABEL="1 GiB"; RUNS=3
     PING_COUNT=10000; UDP_SECONDS=3
 fi
+PING_ROUNDS=5                  # the round trips are split into interleaved rounds
 UDP_RATES="100 300 500 1000"   # Mbit/s offered, 1200-byte datagrams
 HOLD_CONNS=1000
 SRV_IP=10.99.0.1
@@ -395,6 +396,7 @@ meta() { # key=value lines describing the machine and the run, for report.py
     echo "runs=$RUNS"
     echo "tput_bytes=$TPUT_BYTES"
     echo "ping_count=$PING_COUNT"
+    echo "ping_rounds=$PING_ROUNDS"
     echo "udp_seconds=$UDP_SECONDS"
     echo "hold_conns=$HOLD_CONNS"
     echo "nproc=$(nproc)"
@@ -553,7 +555,7 @@ PATHS=(
 )
 n_paths=${#PATHS[@]}
 n_rates=$(echo "$UDP_RATES" | wc -w)
-TOTAL_STEPS=$((TOTAL_STEPS + 2 + n_paths + n_paths * RUNS + 2 * n_rates + PROFILE))
+TOTAL_STEPS=$((TOTAL_STEPS + 2 + n_paths * PING_ROUNDS + n_paths * RUNS + 2 * n_rates + PROFILE))
 
 relay_pids() { # "VAR VAR": their values
     local v out=""
@@ -619,11 +621,18 @@ echo "        tunnel after the connections closed: $(rss_report after-hold)"
 record stats after-hold "$(tunnel_stats)"
 
 # ----------------------------------------------------------------------------- latency
-for p in "${PATHS[@]}"; do
-    IFS='|' read -r name label sink echo_addr vars <<<"$p"
-    progress "$label: $PING_COUNT round trips of 64 bytes"
-    gen "$NS_C" 300 "ping-pong through $label" ping "$echo_addr" "$PING_COUNT" 64
-    record ping "$name" "$GEN_JSON"
+# Interleaved rounds, each starting at the next path: a machine whose speed drifts during the
+# run (other guests on the host, frequency) then shifts every path alike instead of whichever
+# one happened to run in the slow minute. The report takes the median of each path's rounds.
+per_round=$((PING_COUNT / PING_ROUNDS))
+for round in $(seq 1 $PING_ROUNDS); do
+    for i in $(seq 0 $((n_paths - 1))); do
+        p=${PATHS[$(((i + round - 1) % n_paths))]}
+        IFS='|' read -r name label sink echo_addr vars <<<"$p"
+        progress "$label: $per_round round trips of 64 bytes, round $round of $PING_ROUNDS"
+        gen "$NS_C" 300 "ping-pong through $label" ping "$echo_addr" "$per_round" 64
+        record ping "$name" "$GEN_JSON" ",\"round\":$round"
+    done
 done
 
 # ----------------------------------------------------------------------------- throughput

@@ -8,7 +8,8 @@
 
 /* Bytes from QUIC on their way to the TCP socket: collected while a receive batch is processed,
  * written with one syscall after it, and kept for a uv_write if the socket did not take all. */
-#define WBUF_CAP (256 * 1024)
+#define WBUF_CAP   (256 * 1024)
+#define DIRECT_MAX 1024 /* pieces below this may skip the collection (see on_data) */
 struct wbuf {
     uv_write_t req;
     struct tun_splice *sp;
@@ -258,6 +259,21 @@ static void on_data(struct tun_qstream *s, const uint8_t *data, size_t len, void
         return;
     }
     sp->down += len;
+    /* A short piece with nothing ahead of it is written at once, from inside the receive, so
+     * neither the rest of the packet's processing nor the loop's turn delays the answer of a
+     * request/response exchange. Full packets (bulk transfers) are still collected and
+     * written with one call per receive batch. */
+    if (len < DIRECT_MAX && !sp->pend && !sp->queued) {
+        uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+        int n = uv_try_write((uv_stream_t *)sp->tcp, &b, 1);
+        if (n > 0) {
+            tun_qstream_consume(s, (size_t)n);
+            data += n;
+            len -= (size_t)n;
+            if (!len)
+                return;
+        }
+    }
     while (len > 0) {
         if (sp->pend && sp->pend->len == WBUF_CAP)
             pend_flush(sp);

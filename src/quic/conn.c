@@ -585,11 +585,14 @@ static void update_timer(struct tun_qconn *c)
     ngtcp2_tstamp expiry = ngtcp2_conn_get_expiry(c->conn), now = tun__now();
     if (c->hold_until && !c->sendq_head && !c->dq_head) {
         /* A held ACK may go out a little late, never early: round up, on a libuv timer (the
-         * answer usually comes long before, and a libuv timer costs no system call). */
+         * answer usually comes long before, and a libuv timer costs no system call). libuv
+         * counts from the loop's time truncated to the millisecond, so a 1 ms timer fires at
+         * the first wake-up after the next millisecond boundary: one round trip in four of a
+         * 250 us ping-pong ran the timer (ngtcp2's expiry and a flush) for nothing. */
         uint64_t left = c->hold_until > now ? c->hold_until - now : 0;
         tun__qep_set_precise(c->ep, c, 0);
-        uv_timer_start(&c->timer, timer_cb, (left + NGTCP2_MILLISECONDS - 1) / NGTCP2_MILLISECONDS,
-                       0);
+        uv_timer_start(&c->timer, timer_cb,
+                       (left + NGTCP2_MILLISECONDS - 1) / NGTCP2_MILLISECONDS + 1, 0);
         return;
     }
     if (expiry == UINT64_MAX) {
@@ -645,7 +648,7 @@ static int write_packets(struct tun_qconn *c)
         int fin = 0;
         int64_t sid = -1;
         struct tun_qstream *s = NULL;
-        uint32_t flags = NGTCP2_WRITE_STREAM_FLAG_MORE;
+        uint32_t flags = 0;
         ngtcp2_ssize ndatalen = -1;
 
         if (c->dq_head) {
@@ -678,6 +681,10 @@ static int write_packets(struct tun_qconn *c)
                 nvec = tun__qstream_pending_vec(s, vec, 16, &fin);
                 if (fin)
                     flags |= NGTCP2_WRITE_STREAM_FLAG_FIN;
+                /* Keep the packet open for more only when another stream could fill it: for
+                 * one stream, "more" costs a second call into ngtcp2 per packet for nothing. */
+                if (s->send_next)
+                    flags |= NGTCP2_WRITE_STREAM_FLAG_MORE;
             }
             nwrite = ngtcp2_conn_writev_stream(c->conn, &ps.path, &pi, buf + off, maxpkt, &ndatalen,
                                                flags, sid, vec, nvec, ts);
@@ -728,8 +735,12 @@ static int write_packets(struct tun_qconn *c)
         npkts++;
         c->tx_packets++;
         c->tx_bytes += (size_t)nwrite;
-        /* A short packet ends a GSO batch; so does reaching the pacing quantum. */
-        if ((size_t)nwrite < segsize || npkts >= maxpkts) {
+        /* A short packet ends a GSO batch; so does reaching the pacing quantum. A packet
+         * below the path's size with no stream data or datagram left behind it is the last
+         * of this flush (at most control frames follow): send it before asking ngtcp2 again,
+         * which saves that call's time on a request's way out. */
+        int last = (size_t)nwrite < maxpkt && !c->sendq_head && !c->dq_head;
+        if ((size_t)nwrite < segsize || npkts >= maxpkts || last) {
             int quantum_used = npkts >= maxpkts;
             if (tun__qep_send(ep, (struct sockaddr *)&dlocal, (struct sockaddr *)&dest, buf, off,
                               segsize) != 0)
