@@ -173,30 +173,7 @@ echo "iroh_direct_fallbacks=$(grep -c 'path: direct -> relay' "$work/icli.err" |
 # ------------------------------------------------------------------ profile
 if [ $PROFILE = 1 ]; then
     progress "iroh: perf record -g on relay, server and client during a relayed transfer"
-    secs=8
-    perf_pids=()
-    for who in relay irsrv icli_ro; do
-        pidv="PID_$who"
-        timeout 60 "$PERF" record -q -e cpu-clock -F 999 --call-graph dwarf,16384 \
-            -p "${!pidv}" -o "$work/perf-i$who.data" -- sleep $secs >"$work/perf-i$who.log" 2>&1 &
-        PIDS+=($!)
-        perf_pids+=($!)
-    done
-    sleep 0.5
-    gen "$NS_C" 900 "TCP transfer relayed (profiled)" tput 127.0.0.1:7603 "$TPUT_BYTES"
-    GEN_EXTRA=""
-    for p in "${perf_pids[@]}"; do wait "$p" || true; done
-    for who in relay irsrv icli_ro; do
-        f="$work/perf-i$who.data"
-        rep() { timeout 300 "$PERF" report -i "$f" --stdio "$@" -g none 2>/dev/null |
-            grep -E '^ +[0-9]' | sed 's/[[:space:]]*$//'; }
-        {
-            echo "by library (self time):"
-            rep --no-children --sort dso | head -8
-            echo "top symbols (self time):"
-            rep --no-children --sort dso,sym | head -20
-        } >"$work/profile-i$who.txt" || true
-    done
+    profile_transfer relayed 127.0.0.1:7603 i relay:relay irsrv:irsrv icli_ro:icli_ro
 fi
 
 for who in relay isrv irsrv icli icli_ro icli_addr orelay osrv ocli; do

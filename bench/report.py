@@ -287,17 +287,8 @@ def classic(meta, rows, work, label, tput, med, size, w):
 
     # ---------------------------------------------------------------- profile
     if work and meta.get("profile") == "1":
-        for who in ("server", "client"):
-            path = os.path.join(work, "profile-%s.txt" % who)
-            if os.path.exists(path):
-                with open(path) as f:
-                    text = f.read().rstrip()
-                w("### perf profile of the tunnel %s during a transfer" % who)
-                w("")
-                w("```")
-                w(text or "(no samples)")
-                w("```")
-                w("")
+        profiles(work, w, [("server", "the tunnel server during a transfer"),
+                           ("client", "the tunnel client during a transfer")])
 
 
 IROH_LABELS = {
@@ -312,6 +303,21 @@ FB_LABELS = {
     "dns": "`--dns-server URL/pkarr` (lookup first), server allows direct",
     "relay-only": "`--relay-only` on both (first byte surely via the relay)",
 }
+
+
+def profiles(work, w, which):
+    """The perf summaries bench/run.sh's profile_transfer left in WORK, one section each."""
+    for name, what in which:
+        path = os.path.join(work, "profile-%s.txt" % name)
+        if os.path.exists(path):
+            with open(path) as f:
+                text = f.read().rstrip()
+            w("### perf profile of %s" % what)
+            w("")
+            w("```")
+            w(text or "(no samples)")
+            w("```")
+            w("")
 
 
 def ping_rows(rows):
@@ -465,18 +471,9 @@ def iroh(meta, rows, work, tput, med, size, w):
       "faster counts as met.")
     w("")
     if work and meta.get("profile") == "1":
-        for who, name in (("irelay", "relay"), ("iirsrv", "server (--relay-only)"),
-                          ("iicli_ro", "client (--relay-only)")):
-            path = os.path.join(work, "profile-%s.txt" % who)
-            if os.path.exists(path):
-                with open(path) as f:
-                    text = f.read().rstrip()
-                w("### perf profile of the %s during a relayed transfer" % name)
-                w("")
-                w("```")
-                w(text or "(no samples)")
-                w("```")
-                w("")
+        profiles(work, w, [("irelay", "the relay during a relayed transfer"),
+                           ("iirsrv", "the server (--relay-only) during a relayed transfer"),
+                           ("iicli_ro", "the client (--relay-only) during a relayed transfer")])
 
 
 if __name__ == "__main__":

@@ -318,6 +318,39 @@ record() { # kind path json [extra json fields...]; adds the last generator's ot
     GEN_EXTRA=""
 }
 
+# profile_transfer LABEL ADDR PREFIX PIDVAR:NAME...: perf record -g on the processes in $PID_<PIDVAR>
+# during one TCP transfer to ADDR; a summary of each in $work/profile-<PREFIX><NAME>.txt (report.py).
+profile_transfer() {
+    local label=$1 addr=$2 prefix=$3 secs=8 spec who name f p perf_pids=()
+    shift 3
+    for spec in "$@"; do
+        who=${spec%%:*} name=$prefix${spec#*:}
+        pidv="PID_$who"
+        timeout 60 "$PERF" record -q -e cpu-clock -F 999 --call-graph dwarf,16384 \
+            -p "${!pidv}" -o "$work/perf-$name.data" -- sleep $secs >"$work/perf-$name.log" 2>&1 &
+        PIDS+=($!)
+        perf_pids+=($!)
+    done
+    sleep 0.5
+    gen "$NS_C" 900 "TCP transfer $label (profiled)" tput "$addr" "$TPUT_BYTES"
+    GEN_EXTRA=""
+    for p in "${perf_pids[@]}"; do wait "$p" || true; done
+    for spec in "$@"; do
+        name=$prefix${spec#*:}
+        f="$work/perf-$name.data"
+        rep() { timeout 300 "$PERF" report -i "$f" --stdio "$@" -g none 2>/dev/null |
+            grep -E '^ +[0-9]' | sed 's/[[:space:]]*$//'; }
+        {
+            echo "by library (self time):"
+            rep --no-children --sort dso | head -8
+            echo "top symbols (self time):"
+            rep --no-children --sort dso,sym | head -20
+            echo "inclusive of callees (children, self), named symbols only:"
+            rep --children --sort dso,sym | grep -v '\] 0x0000' | head -25
+        } >"$work/profile-$name.txt" || true
+    done
+}
+
 STEP=0
 TOTAL_STEPS=0
 # iroh section (bench/iroh.sh): relay RTT, 3 first-byte variants, 4 paths x RUNS, profile
@@ -677,32 +710,7 @@ done
 # ----------------------------------------------------------------------------- profile
 if [ $PROFILE = 1 ]; then
     progress "profile: perf record -g on tunnel server and client during a $TPUT_LABEL transfer"
-    secs=8
-    perf_pids=()
-    for who in server client; do
-        pidv="PID_t$who"
-        timeout 60 "$PERF" record -q -e cpu-clock -F 999 --call-graph dwarf,16384 \
-            -p "${!pidv}" -o "$work/perf-$who.data" -- sleep $secs >"$work/perf-$who.log" 2>&1 &
-        PIDS+=($!)
-        perf_pids+=($!)
-    done
-    sleep 0.5
-    gen "$NS_C" 900 "TCP transfer through tunnel (profiled)" tput 127.0.0.1:7001 "$TPUT_BYTES"
-    GEN_EXTRA=""
-    for p in "${perf_pids[@]}"; do wait "$p" || true; done
-    for who in server client; do
-        f="$work/perf-$who.data"
-        rep() { timeout 300 "$PERF" report -i "$f" --stdio "$@" -g none 2>/dev/null |
-            grep -E '^ +[0-9]' | sed 's/[[:space:]]*$//'; }
-        {
-            echo "by library (self time):"
-            rep --no-children --sort dso | head -8
-            echo "top symbols (self time):"
-            rep --no-children --sort dso,sym | head -15
-            echo "inclusive of callees (children, self), named symbols only:"
-            rep --children --sort dso,sym | grep -v '\] 0x0000' | head -25
-        } >"$work/profile-$who.txt" || true
-    done
+    profile_transfer "through tunnel" 127.0.0.1:7001 "" tserver:server tclient:client
 fi
 
 # ----------------------------------------------------------------------------- report
