@@ -67,6 +67,14 @@ static int remove_cid_cb(ngtcp2_conn *conn, const ngtcp2_cid *cid, void *user_da
     return 0;
 }
 
+static int recv_stateless_reset_cb(ngtcp2_conn *conn, const ngtcp2_pkt_stateless_reset *sr,
+                                   void *user_data)
+{
+    (void)sr;
+    conn_of(conn, user_data)->stateless_reset = 1;
+    return 0;
+}
+
 static int handshake_completed_cb(ngtcp2_conn *conn, void *user_data)
 {
     struct tun_qconn *c = conn_of(conn, user_data);
@@ -256,6 +264,7 @@ static void fill_callbacks(ngtcp2_callbacks *cb, int is_server)
     cb->extend_max_stream_data = extend_max_stream_data_cb;
     cb->recv_datagram = recv_datagram_cb;
     cb->path_validation = path_validation_cb;
+    cb->recv_stateless_reset = recv_stateless_reset_cb;
 }
 
 /* "bbr" is ngtcp2's BBRv2: its v1 held an app-limited flow of DATAGRAMs below the offered rate
@@ -440,6 +449,14 @@ static void on_conn_error(struct tun_qconn *c, int rv)
     char msg[256];
     switch (rv) {
     case NGTCP2_ERR_DRAINING: {
+        if (c->stateless_reset) {
+            /* The peer no longer knows the connection (it restarted, say) and answered with
+             * the token it gave us for it: no CONNECTION_CLOSE, so say what happened. */
+            static const char why[] = "the peer reset the connection (stateless reset): it has "
+                                      "no state for it any more, e.g. after a restart";
+            set_closed(c, 0, 0, 0, TUN_ECLOSED, why, sizeof(why) - 1);
+            return;
+        }
         /* The peer closed: report its code and reason. */
         ngtcp2_connection_close_error peer;
         ngtcp2_conn_get_connection_close_error(c->conn, &peer);

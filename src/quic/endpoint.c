@@ -114,6 +114,7 @@ int tun__qep_add_cid(struct tun_qep *ep, const uint8_t *id, size_t len, struct t
     s->len = (uint8_t)len;
     memcpy(s->id, id, len);
     s->conn = c;
+    ep->last_cid.len = 0;
     return 0;
 }
 
@@ -125,12 +126,19 @@ void tun__qep_remove_cid(struct tun_qep *ep, const uint8_t *id, size_t len)
     s->len = 255;
     s->conn = NULL;
     ep->ncids--;
+    ep->last_cid.len = 0;
 }
 
 static struct tun_qconn *cid_lookup(struct tun_qep *ep, const uint8_t *id, size_t len)
 {
+    struct cid_slot *last = &ep->last_cid;
+    if (len && last->len == len && memcmp(last->id, id, len) == 0)
+        return last->conn;
     struct cid_slot *s = cid_find_slot(ep, id, len, 0);
-    return s ? s->conn : NULL;
+    if (!s)
+        return NULL;
+    *last = *s;
+    return s->conn;
 }
 
 void tun__qep_reset_token(struct tun_qep *ep, const uint8_t *cid, size_t cidlen,
@@ -297,9 +305,11 @@ static void send_stateless_reset(struct tun_qep *ep, const struct sockaddr *loca
                                  const struct sockaddr *from, const uint8_t *dcid, size_t dcidlen,
                                  size_t pktlen)
 {
-    /* A reset must be shorter than the packet that caused it (no amplification loops) and at
-     * least 41 bytes (RFC 9000 10.3.3). */
-    if (pktlen <= 42)
+    /* A reset is one byte shorter than the packet that caused it, so two endpoints that have
+     * both forgotten a connection cannot keep answering each other (RFC 9000 10.3.3), and
+     * carries at least 5 random bytes before the 16-byte token: a keep-alive PING (38 bytes)
+     * is answered too, so an idle client learns of a restarted server at its next PING. */
+    if (pktlen < NGTCP2_STATELESS_RESET_TOKENLEN + NGTCP2_MIN_STATELESS_RESET_RANDLEN + 1)
         return;
     size_t len = pktlen - 1 < 64 ? pktlen - 1 : 64;
     uint8_t token[NGTCP2_STATELESS_RESET_TOKENLEN], rnd[64], buf[64];
@@ -344,9 +354,18 @@ static void route(struct tun_qep *ep, const struct sockaddr *local, const struct
     if (rv != 0)
         return;
     struct tun_qconn *c = cid_lookup(ep, vc.dcid, vc.dcidlen);
-    if (!c) {
-        if (!ep->is_server)
+    if (!c && !ep->is_server) {
+        /* A stateless reset (RFC 9000 10.3) looks like a short-header packet for a CID we never
+         * issued. Hand it to the connection with the peer it came from: ngtcp2 compares its
+         * last 16 bytes with the reset token that peer gave us, and drops it otherwise. */
+        if (data[0] & 0x80)
             return;
+        for (c = ep->conns; c; c = c->next)
+            if (tun_sockaddr_equal(from, (const struct sockaddr *)&c->remote))
+                break;
+        if (!c)
+            return;
+    } else if (!c) {
         if (!(data[0] & 0x80)) {
             send_stateless_reset(ep, local, from, vc.dcid, vc.dcidlen, len);
             return;
@@ -464,7 +483,13 @@ int tun_qep_new(uv_loop_t *loop, const struct sockaddr *bind_addr, const uint8_t
     ep->tfd = -1;
     ep->is_server = is_server;
     memcpy(ep->secret, secret, 32);
-    randombytes_buf(ep->reset_secret, sizeof(ep->reset_secret));
+    /* Reset tokens come from the identity secret, so a server restarted with its key answers
+     * packets of connections it lost with tokens their clients recognise: they learn at their
+     * next packet, not after the idle timeout. (One-way: a token reveals nothing of the key.) */
+    static const char ctx[] = "tunnel/1 stateless reset tokens";
+    if (crypto_generichash(ep->reset_secret, sizeof(ep->reset_secret), (const uint8_t *)ctx,
+                           sizeof(ctx) - 1, ep->secret, 32) != 0)
+        randombytes_buf(ep->reset_secret, sizeof(ep->reset_secret));
     if (cfg)
         ep->cfg = *cfg;
     else

@@ -51,6 +51,10 @@ struct tun_qep {
 
     struct cid_slot *cids;
     size_t ncid_slots, ncids, ncid_used;
+    /* The last CID looked up and its connection: a burst of packets all carry the same one,
+     * and its keyed hash is a few percent of a receiver's CPU time. Cleared whenever that CID
+     * is removed or given to another connection. */
+    struct cid_slot last_cid;
 
     struct tun_qconn *conns; /* every live connection */
     struct tun_qconn *dirty; /* connections with work for the next flush */
@@ -131,7 +135,7 @@ struct tun_qconn {
     /* original DCID chosen by the client, routed until the handshake completes (server) */
     ngtcp2_cid odcid;
     unsigned ready_pending : 1, ready : 1, closed : 1, close_pending : 1, notified_closed : 1,
-        timer_closed : 1, want_close : 1, write_blocked : 1;
+        timer_closed : 1, want_close : 1, write_blocked : 1, stateless_reset : 1;
     uint64_t close_code;
     char close_reason[256];
     struct tun_qclose_info why;
