@@ -9,13 +9,7 @@ local procs = {}
 
 --- Start `tunnel relay` on loopback; returns the process and its /pkarr URL.
 local function start_relay()
-  local p = H.start({ "relay", "--listen", "127.0.0.1:0" })
-  procs[#procs + 1] = p
-  H.wait_until(function()
-    return p.stdout:find("relay listening on http://127%.0%.0%.1:%d+\n") or p.done
-  end, 20)
-  local port = tonumber(p.stdout:match("relay listening on http://127%.0%.0%.1:(%d+)"))
-  assert(port, "relay did not start: " .. p.stdout .. p.stderr)
+  local p, port = H.start_relay(procs, { "--listen", "127.0.0.1:0" })
   return p, "http://127.0.0.1:" .. port .. "/pkarr", port
 end
 
@@ -33,10 +27,7 @@ end
 
 describe("tunnel.discovery", function()
   after_each(function()
-    for _, p in ipairs(procs) do
-      p:kill("sigkill")
-      p:wait(10)
-    end
+    H.kill_all(procs)
     procs = {}
   end)
 

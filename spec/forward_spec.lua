@@ -9,36 +9,15 @@ local MiB = 1024 * 1024
 
 -- One test's world: its temp dir, server key and token, and every process it started.
 local T
-
-local function track(p, label)
-  return H.track(T.procs, p, label)
-end
-
-local function logs()
-  return H.logs(T.procs)
-end
+local P = H.bind(function() return T.procs end)
+-- tool(args, opts): start netcheck; service(args): a netcheck service and its port.
+local track, logs, tool, service = P.track, P.logs, P.netcheck, P.service
 
 local count = H.count
-
---- Start netcheck with `args`; opts as for H.spawn.
-local function tool(args, opts)
-  return H.netcheck(T.procs, args, opts)
-end
 
 --- Run a netcheck check to completion (bounded by `timeout` seconds).
 local function check(args, timeout)
   return tool(args):wait(timeout or 60)
-end
-
---- Start a netcheck service (tcp-echo, udp-echo) and return it with the port it listens on.
-local function service(args)
-  local p = tool(args)
-  H.wait_until(function()
-    return p.stdout:match("PORT %d+\n") or p.done
-  end, 20)
-  local port = tonumber(p.stdout:match("PORT (%d+)\n"))
-  assert(port, "netcheck " .. args[1] .. " did not start:" .. logs())
-  return p, port
 end
 
 local free_port = H.free_port
@@ -57,7 +36,8 @@ local function start_server(o)
   if o.name then
     add("--name", o.name)
   end
-  add("server", "--listen", "127.0.0.1:0", "--secret-file", T.key, "--auth-tokens", T.token)
+  add("server", "--listen", "127.0.0.1:" .. (o.port or 0), "--secret-file", T.key,
+    "--auth-tokens", T.token)
   for _, c in ipairs(o.tcp or { "127.0.0.0/8" }) do
     add("--allowed-tcp", c)
   end
@@ -132,6 +112,23 @@ local function refusal(c, source)
     T.server.stderr:match(esc .. " refused: ([^\n]+)")
 end
 
+--- refusal(c, source) once the client logged one, or after 10 s.
+local function wait_refusal(c, source)
+  H.wait_until(function()
+    return refusal(c, source) or c.done
+  end, 10)
+  return refusal(c, source)
+end
+
+--- How many times netcheck service `p` printed `word` ("ACCEPT "), once it printed it at all
+-- (or after 10 s).
+local function wait_count(p, word)
+  H.wait_until(function()
+    return count(p.stdout, word) >= 1
+  end, 10)
+  return count(p.stdout, word)
+end
+
 --- How a test can run `tunnel server` where "localhost" resolves to both 127.0.0.1 and ::1:
 -- {} when it already does here, else a command prefix that gives the server a private
 -- /etc/hosts (unshare -m, needs root), or nil and why neither works.
@@ -177,12 +174,7 @@ describe("tunnel port forwarding", function()
   end)
 
   after_each(function()
-    for _, p in ipairs(T.procs) do
-      p:kill("sigkill")
-    end
-    for _, p in ipairs(T.procs) do
-      p:wait(10)
-    end
+    H.kill_all(T.procs)
     H.cleanup()
   end)
 
@@ -283,10 +275,7 @@ describe("tunnel port forwarding", function()
       local c, lport = forward(source)
       local p = check({ "tcp-hold", "--port", lport, "--count", 1 })
       assert.equal("OPEN 0 CLOSED 1 PENDING 0\n", p.stdout, logs())
-      H.wait_until(function()
-        return refusal(c, source) or c.done
-      end, 10)
-      local client_reason, server_reason = refusal(c, source)
+      local client_reason, server_reason = wait_refusal(c, source)
       assert.is_not_nil(client_reason, "the client did not log the refusal:" .. logs())
       assert.equal(server_reason, client_reason)
       assert.matches("allowed", client_reason)
@@ -294,10 +283,7 @@ describe("tunnel port forwarding", function()
       -- A direct connection as a marker: had the server connected, its ACCEPT would come first.
       assert.equal("OPEN 1 CLOSED 0 PENDING 0\n",
         check({ "tcp-hold", "--port", eport, "--count", 1 }).stdout)
-      H.wait_until(function()
-        return count(echo.stdout, "ACCEPT ") >= 1
-      end, 10)
-      assert.equal(1, count(echo.stdout, "ACCEPT "), "the server connected to the source")
+      assert.equal(1, wait_count(echo, "ACCEPT "), "the server connected to the source")
     end)
 
     it("denies UDP entirely when its allow-list is empty", function()
@@ -308,10 +294,7 @@ describe("tunnel port forwarding", function()
       local p = check({ "udp-senders", "--port", lport, "--senders", 1, "--count", 1,
         "--retries", 2, "--wait", 1 })
       assert.matches("^FAIL", p.stdout)
-      H.wait_until(function()
-        return refusal(c, source) or c.done
-      end, 10)
-      local client_reason, server_reason = refusal(c, source)
+      local client_reason, server_reason = wait_refusal(c, source)
       assert.is_not_nil(client_reason, "the client did not log the refusal:" .. logs())
       assert.equal(server_reason, client_reason)
       assert.equal(0, count(echo.stdout, "PEER "), "a datagram reached the source")
@@ -339,17 +322,11 @@ describe("tunnel port forwarding", function()
             local c, lport = forward(source)
             local p = check({ "tcp-hold", "--port", lport, "--count", 1 })
             assert.equal("OPEN 0 CLOSED 1 PENDING 0\n", p.stdout, logs())
-            H.wait_until(function()
-              return refusal(c, source) or c.done
-            end, 10)
-            assert.is_not_nil(refusal(c, source), "the client did not log the refusal:" ..
+            assert.is_not_nil(wait_refusal(c, source), "the client did not log the refusal:" ..
               logs())
             assert.equal("OPEN 1 CLOSED 0 PENDING 0\n",
               check({ "tcp-hold", "--host", case.listen, "--port", eport, "--count", 1 }).stdout)
-            H.wait_until(function()
-              return count(echo.stdout, "ACCEPT ") >= 1
-            end, 10)
-            assert.equal(1, count(echo.stdout, "ACCEPT "),
+            assert.equal(1, wait_count(echo, "ACCEPT "),
               "the server connected to a disallowed address")
           end)
       end
@@ -379,10 +356,7 @@ describe("tunnel port forwarding", function()
           assert.equal(2, count(first.stdout, "ACCEPT "), logs())
           -- marker on the other service, as above
           check({ "tcp-hold", "--host", case.no, "--port", eport, "--count", 1 })
-          H.wait_until(function()
-            return count(second.stdout, "ACCEPT ") >= 1
-          end, 10)
-          assert.equal(1, count(second.stdout, "ACCEPT "),
+          assert.equal(1, wait_count(second, "ACCEPT "),
             "the server connected to a disallowed address")
         end)
       end
@@ -413,37 +387,61 @@ describe("tunnel port forwarding", function()
   end)
 
   describe("when the server goes away", function()
+    -- A server, and a client with one connection held open through it; returns the client.
+    local function held_session(idle_timeout)
+      local _, eport = service({ "tcp-echo", "--port", 0 })
+      start_server()
+      local conf = H.write_file(T.dir .. "/client.toml", table.concat({
+        'role = "client"',
+        "[iroh.transport]",
+        "idle_timeout = " .. idle_timeout,
+        "keep_alive_interval = 1",
+      }, "\n") .. "\n")
+      local lport = free_port()
+      local c = start_client({ "-c", conf, "--source", "tcp://127.0.0.1:" .. eport,
+        "--target", "127.0.0.1:" .. lport })
+      wait_ready(c)
+      assert.equal("OPEN 1 CLOSED 0 PENDING 0\n",
+        check({ "tcp-hold", "--port", lport, "--count", 1 }).stdout, logs())
+      return c, lport
+    end
+
+    local function exits_saying(c, says)
+      c:wait(120)
+      assert.is_nil(c.timed_out, "the client did not notice:" .. logs())
+      assert.equal(1, c.code, logs())
+      assert.matches(says, c.stderr, 1, true)
+    end
+
     for _, case in ipairs({
       { sig = "sigkill", says = "tunnel: connection to the server ended: " },
       { sig = "sigterm", says = "tunnel: connection to the server ended: the server shut down" },
     }) do
       it("the client reports it and exits 1 (" .. case.sig .. ")", function()
-        local _, eport = service({ "tcp-echo", "--port", 0 })
-        start_server()
         -- A short idle timeout so that a silently vanished server is noticed quickly.
-        local conf = H.write_file(T.dir .. "/client.toml", table.concat({
-          'role = "client"',
-          "[iroh.transport]",
-          "idle_timeout = 3",
-          "keep_alive_interval = 1",
-        }, "\n") .. "\n")
-        local lport = free_port()
-        local c = start_client({ "-c", conf, "--source", "tcp://127.0.0.1:" .. eport,
-          "--target", "127.0.0.1:" .. lport })
-        wait_ready(c)
-        assert.equal("OPEN 1 CLOSED 0 PENDING 0\n",
-          check({ "tcp-hold", "--port", lport, "--count", 1 }).stdout, logs())
+        local c = held_session(3)
         T.server:kill(case.sig)
-        c:wait(90)
-        assert.is_nil(c.timed_out, "the client did not notice:" .. logs())
-        assert.equal(1, c.code, logs())
-        assert.matches(case.says, c.stderr, 1, true)
+        exits_saying(c, case.says)
         if case.sig == "sigterm" then
           T.server:wait(30)
           assert.equal(0, T.server.code, logs())
         end
       end)
     end
+
+    it("the client reports a restarted server's stateless reset and exits 1", function()
+      -- Long idle timeout: only the new server's stateless reset can end the session soon.
+      local c, lport = held_session(600)
+      local port = T.port
+      T.server:kill("sigkill")
+      T.server:wait(30)
+      -- Same key, same port, no memory of the session: it answers the client's next packet
+      -- (a keep-alive, or the new connection's request) with the connection's reset token.
+      start_server({ port = port })
+      tool({ "tcp-hold", "--port", lport, "--count", 1 })
+      exits_saying(c, "connection to the server ended: the peer reset the connection " ..
+        "(stateless reset)")
+    end)
   end)
 
   it("runs several forwards from one config file", function()

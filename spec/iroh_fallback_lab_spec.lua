@@ -7,19 +7,13 @@
 local H = require "helper"
 local Lab = require "lab"
 
-local TOOL = "spec/tools/netcheck.py"
+local TITLE = "iroh mode: direct path lost and found again"
 
-local available, why = Lab.available({ "python3" })
-if not available then
-  describe("iroh mode: direct path lost and found again", function()
-    pending("skipped: " .. why)
-  end)
+if not Lab.guard(TITLE, { "python3" }) then
   return
 end
 
 local uv = require "luv"
-
-local SRV1 = Lab.SRV_IPS[1]
 
 -- Let the loop run (the processes' output keeps arriving) for `s` seconds.
 local function pause(s)
@@ -32,7 +26,6 @@ local function now()
   uv.update_time()
   return uv.now() / 1000
 end
-local URL = "http://" .. SRV1 .. ":3340"
 
 -- One TCP connection through the forward for as long as stdin stays open: a line every
 -- 100 ms, each echo awaited. Prints "STEADY <lines> MAXGAP <ms>" at the end, or "BROKEN ..."
@@ -66,30 +59,6 @@ except Exception as e:
     sys.exit(1)
 ]]
 
-local function start(lab)
-  local env = { TUNNEL_LOG = os.getenv("SPEC_TUNNEL_LOG") or false, XDG_RUNTIME_DIR = lab:tmpdir() }
-  local dir = lab:tmpdir()
-  local relay = lab:spawn("srv", { H.BIN, "relay", "--listen", SRV1 .. ":3340", "--stun-listen",
-    SRV1 .. ":3478" }, { env = env })
-  assert(relay:wait_output("relay listening", 20, "stdout"), "relay" .. lab:logs())
-  local key = dir .. "/server.key"
-  assert(lab:exec("b", { H.BIN, "generate-server-key", "--output", key }))
-  local _, token = lab:exec("b", { H.BIN, "generate-token" })
-  token = token:gsub("%s+$", "")
-  local echo = lab:spawn("b", { "python3", TOOL, "tcp-echo", "--port", 0 })
-  assert(echo:wait_output("PORT %d+", 20, "stdout"), "echo" .. lab:logs())
-  local eport = echo.stdout:match("PORT (%d+)")
-  local srv = lab:spawn("b", { H.BIN, "server", "--listen", "0.0.0.0:0", "--secret-file", key,
-    "--auth-tokens", token, "--allowed-tcp", "127.0.0.0/8", "--relay-url", URL }, { env = env })
-  assert(srv:wait_output("Relay: ", 20, "stdout"), "server" .. lab:logs())
-  local id = srv.stdout:match("EndpointId: (%S+)")
-  local cli = lab:spawn("a", { H.BIN, "client", "--server-node-id", id, "--relay-url", URL,
-    "--auth-token", token, "--source", "tcp://127.0.0.1:" .. eport, "--target",
-    "127.0.0.1:7000" }, { env = env })
-  assert(cli:wait_output("forwarding tcp ", 30), "client" .. lab:logs())
-  return { cli = cli, srv = srv, relay = relay }
-end
-
 -- Drop (or stop dropping) the UDP between the two NATs' public addresses, in NAT 1: the
 -- direct path dies while both still reach the relay.
 local function direct_path(lab, up)
@@ -104,20 +73,15 @@ local function count(s, plain)
   return H.count(s, plain, true)
 end
 
-describe("iroh mode: direct path lost and found again", function()
+describe(TITLE, function()
   local lab
 
-  after_each(function()
-    if lab then
-      lab:teardown()
-      lab = nil
-    end
-  end)
+  after_each(Lab.teardown_all)
 
   it("falls back to the relay and goes direct again, and the TCP connection lives on",
     function()
       lab = Lab.new({ a = "cone", b = "cone" })
-      local w = start(lab)
+      local w = lab:iroh_session()
       assert(w.cli:wait_output("path: relay %-> direct 203%.0%.113%.2:%d+", 30),
         "no direct path" .. lab:logs())
       local steady = lab:spawn("a", { "python3", "-c", STEADY }, { stdin = true })

@@ -6,64 +6,32 @@ local H = require "helper"
 local Lab = require "lab"
 
 local MiB = 1024 * 1024
-local TOOL = "spec/tools/netcheck.py"
 
-local available, why = Lab.available({ "python3" })
-if not available then
-  describe("iroh mode in the NAT lab", function()
-    pending("skipped: " .. why)
-  end)
+local TITLE = "iroh mode in the NAT lab"
+
+if not Lab.guard(TITLE, { "python3" }) then
   return
 end
 
-local SRV1 = Lab.SRV_IPS[1]
-local URL = "http://" .. SRV1 .. ":3340"
+local URL = Lab.RELAY_URL
 
+-- iroh mode across the lab (Lab:iroh_session); o.relay_only: both sides with --relay-only.
 local function start(lab, o)
-  local env = { TUNNEL_LOG = false, XDG_RUNTIME_DIR = lab:tmpdir() }
-  local dir = lab:tmpdir()
-  local relay = lab:spawn("srv", { H.BIN, "relay", "--listen", SRV1 .. ":3340", "--stun-listen",
-    SRV1 .. ":3478" }, { env = env })
-  assert(relay:wait_output("relay listening", 20, "stdout"), "relay" .. lab:logs())
-  local key = dir .. "/server.key"
-  assert(lab:exec("b", { H.BIN, "generate-server-key", "--output", key }))
-  local _, token = lab:exec("b", { H.BIN, "generate-token" })
-  token = token:gsub("%s+$", "")
-  local echo = lab:spawn("b", { "python3", TOOL, "tcp-echo", "--port", 0 })
-  assert(echo:wait_output("PORT %d+", 20, "stdout"), "echo" .. lab:logs())
-  local eport = echo.stdout:match("PORT (%d+)")
-  local extra = o.relay_only and { "--relay-only" } or {}
-  local sargs = { H.BIN, "server", "--listen", "0.0.0.0:0", "--secret-file", key,
-    "--auth-tokens", token, "--allowed-tcp", "127.0.0.0/8", "--relay-url", URL }
-  for _, a in ipairs(extra) do
-    sargs[#sargs + 1] = a
-  end
-  local srv = lab:spawn("b", sargs, { env = env })
-  assert(srv:wait_output("Relay: ", 20, "stdout"), "server" .. lab:logs())
-  local id = srv.stdout:match("EndpointId: (%S+)")
-  local cargs = { H.BIN, "client", "--server-node-id", id, "--relay-url", URL, "--auth-token",
-    token, "--source", "tcp://127.0.0.1:" .. eport, "--target", "127.0.0.1:7000" }
-  for _, a in ipairs(extra) do
-    cargs[#cargs + 1] = a
-  end
-  local cli = lab:spawn("a", cargs, { env = env })
   local early
-  if o.early_bulk then
-    -- Connect as soon as the client listens (before the tunnel is up): the first bytes go
-    -- through the relay, the rest over whatever path the connection moves to.
-    early = lab:spawn("a", { "sh", "-c", string.format("for i in $(seq 200); do python3 %s " ..
-      "tcp-bulk --port 7000 --bytes %d --timeout 200 && exit 0; sleep 0.02; done; exit 1", TOOL,
-      o.early_bulk) })
-  end
-  assert(cli:wait_output("forwarding tcp ", 30), "client" .. lab:logs())
-  return { cli = cli, srv = srv, relay = relay, early = early }
+  local w = lab:iroh_session({ args = o.relay_only and { "--relay-only" } or nil,
+    started = o.early_bulk and function()
+      -- Connect as soon as the client listens (before the tunnel is up): the first bytes go
+      -- through the relay, the rest over whatever path the connection moves to.
+      early = lab:spawn("a", { "sh", "-c", string.format("for i in $(seq 200); do python3 %s " ..
+        "tcp-bulk --port 7000 --bytes %d --timeout 200 && exit 0; sleep 0.02; done; exit 1",
+        H.NETCHECK, o.early_bulk) })
+    end })
+  w.early = early
+  return w
 end
 
 local function bulk(lab, n)
-  local p = lab:spawn("a", { "python3", TOOL, "tcp-bulk", "--port", 7000, "--bytes", n,
-    "--timeout", 200 })
-  p:wait(210)
-  return p.stdout:match("SENT (%x+) RECV (%x+) BYTES (%d+)")
+  return lab:tcp_bulk("a", 7000, n)
 end
 
 local function ms_between(log, a, b)
@@ -75,15 +43,10 @@ local function ms_between(log, a, b)
   return ta and tb and (tb - ta)
 end
 
-describe("iroh mode in the NAT lab", function()
+describe(TITLE, function()
   local lab
 
-  after_each(function()
-    if lab then
-      lab:teardown()
-      lab = nil
-    end
-  end)
+  after_each(Lab.teardown_all)
 
   it("starts relayed and goes direct through two endpoint-independent NATs, mid-transfer",
     function()
@@ -130,18 +93,11 @@ describe("iroh mode in the NAT lab", function()
       assert(hold:wait_output("OPEN", 30, "stdout"), "held connection" .. lab:logs())
       w.relay:kill("sigkill")
       w.relay:wait(10)
-      local env = { TUNNEL_LOG = false, XDG_RUNTIME_DIR = lab:tmpdir() }
-      local relay2 = lab:spawn("srv", { H.BIN, "relay", "--listen", SRV1 .. ":3340",
-        "--stun-listen", SRV1 .. ":3478" }, { env = env })
-      assert(relay2:wait_output("relay listening", 20, "stdout"), "relay" .. lab:logs())
+      lab:start_relay({ stun = true })
       -- Both sides come back to the relay...
       for _, p in ipairs({ w.cli, w.srv }) do
         H.wait_until(function()
-          local n = 0
-          for _ in p.stderr:gmatch("relay " .. URL:gsub("%p", "%%%0") .. ": connected") do
-            n = n + 1
-          end
-          return n >= 2
+          return H.count(p.stderr, "relay " .. URL .. ": connected", true) >= 2
         end, 40)
       end
       -- ...and the session carries on: the held connection and a new transfer.
@@ -163,24 +119,10 @@ describe("iroh mode in the NAT lab", function()
 
   it("finds the server on the same LAN by EndpointId alone, with no relay or server", function()
     lab = Lab.new({ lan = true, nat = "cone" })
-    local env = { TUNNEL_LOG = false, XDG_RUNTIME_DIR = lab:tmpdir() }
-    local dir = lab:tmpdir()
-    local key = dir .. "/server.key"
-    assert(lab:exec("b", { H.BIN, "generate-server-key", "--output", key }))
-    local _, token = lab:exec("b", { H.BIN, "generate-token" })
-    token = token:gsub("%s+$", "")
-    local echo = lab:spawn("b", { "python3", TOOL, "tcp-echo", "--port", 0 })
-    assert(echo:wait_output("PORT %d+", 20, "stdout"), "echo" .. lab:logs())
-    local eport = echo.stdout:match("PORT (%d+)")
-    local srv = lab:spawn("b", { H.BIN, "server", "--listen", "0.0.0.0:0", "--secret-file", key,
-      "--auth-tokens", token, "--allowed-tcp", "127.0.0.0/8" }, { env = env })
-    assert(srv:wait_output("Listening: ", 20, "stdout"), "server" .. lab:logs())
-    local id = srv.stdout:match("EndpointId: (%S+)")
-    local cli = lab:spawn("a", { H.BIN, "client", "--server-node-id", id, "--auth-token", token,
-      "--source", "tcp://127.0.0.1:" .. eport, "--target", "127.0.0.1:7000" }, { env = env })
-    assert(cli:wait_output("forwarding tcp ", 30), "client" .. lab:logs())
+    local w = lab:iroh_server({ ready = "Listening: " })
+    local cli = lab:iroh_client(w)
     local b_ip = lab:addr("b"):gsub("%p", "%%%0")
-    assert.matches("found " .. id .. " on the local network at " .. b_ip, cli.stderr)
+    assert.matches("found " .. w.id .. " on the local network at " .. b_ip, cli.stderr)
     assert.matches("(direct,", cli.stderr, 1, true)
     local sent, recv = bulk(lab, 5 * MiB)
     assert.equal(sent, recv, lab:logs())
@@ -188,28 +130,13 @@ describe("iroh mode in the NAT lab", function()
 
   it("connects to the direct address a discovery record gives, with no relay", function()
     lab = Lab.new({ lan = true, nat = "cone" })
-    local env = { TUNNEL_LOG = false, XDG_RUNTIME_DIR = lab:tmpdir() }
-    local dir = lab:tmpdir()
-    local disc = lab:spawn("srv", { H.BIN, "relay", "--listen", SRV1 .. ":3340" }, { env = env })
-    assert(disc:wait_output("relay listening", 20, "stdout"), "relay" .. lab:logs())
-    local key = dir .. "/server.key"
-    assert(lab:exec("b", { H.BIN, "generate-server-key", "--output", key }))
-    local _, token = lab:exec("b", { H.BIN, "generate-token" })
-    token = token:gsub("%s+$", "")
-    local echo = lab:spawn("b", { "python3", TOOL, "tcp-echo", "--port", 0 })
-    assert(echo:wait_output("PORT %d+", 20, "stdout"), "echo" .. lab:logs())
-    local eport = echo.stdout:match("PORT (%d+)")
-    local srv = lab:spawn("b", { H.BIN, "server", "--listen", "0.0.0.0:0", "--secret-file", key,
-      "--auth-tokens", token, "--allowed-tcp", "127.0.0.0/8", "--dns-server", URL .. "/pkarr" },
-      { env = env })
-    assert(srv:wait_output("published ", 20), "server did not publish" .. lab:logs())
-    local id = srv.stdout:match("EndpointId: (%S+)")
-    local cli = lab:spawn("a", { H.BIN, "client", "--server-node-id", id, "--dns-server",
-      URL .. "/pkarr", "--auth-token", token, "--source", "tcp://127.0.0.1:" .. eport,
-      "--target", "127.0.0.1:7000" }, { env = env })
-    assert(cli:wait_output("forwarding tcp ", 30), "client" .. lab:logs())
+    lab:start_relay()
+    local dns = { "--dns-server", URL .. "/pkarr" }
+    -- The server has published its record once it says so (on stderr).
+    local w = lab:iroh_server({ args = dns, ready = "published ", which = "stderr" })
+    local cli = lab:iroh_client(w, { args = dns })
     local b_ip = lab:addr("b"):gsub("%p", "%%%0")
-    assert.matches("found " .. id .. " at " .. b_ip .. ":%d+", cli.stderr)
+    assert.matches("found " .. w.id .. " at " .. b_ip .. ":%d+", cli.stderr)
     assert.matches("(direct,", cli.stderr, 1, true)
     local sent, recv = bulk(lab, 5 * MiB)
     assert.equal(sent, recv, lab:logs())

@@ -6,16 +6,13 @@
 local H = require "helper"
 local Lab = require "lab"
 
-local available, why = Lab.available()
-if not available then
-  describe("the discovery record in the NAT lab", function()
-    pending("skipped: " .. why)
-  end)
+local TITLE = "the discovery record in the NAT lab"
+
+if not Lab.guard(TITLE) then
   return
 end
 
-local SRV1 = Lab.SRV_IPS[1]
-local URL = "http://" .. SRV1 .. ":3340"
+local URL = Lab.RELAY_URL
 
 -- Run inside a namespace: resolve the record as a client does and print its lists.
 local RESOLVE = [[
@@ -47,15 +44,10 @@ local function has(list, want)
   end
 end
 
-describe("the discovery record in the NAT lab", function()
+describe(TITLE, function()
   local lab, id, script, last
 
-  after_each(function()
-    if lab then
-      lab:teardown()
-      lab = nil
-    end
-  end)
+  after_each(Lab.teardown_all)
 
   -- Fetch the record from namespace a (behind NAT 1, like a client); nil when not found.
   local function fetch()
@@ -90,21 +82,13 @@ describe("the discovery record in the NAT lab", function()
 
   it("names the public mapping and follows interface changes", function()
     lab = Lab.new({ a = "cone", b = "cone" })
-    local env = { TUNNEL_LOG = false, XDG_RUNTIME_DIR = lab:tmpdir() }
-    local dir = lab:tmpdir()
-    script = dir .. "/resolve.lua"
+    script = lab:tmpdir() .. "/resolve.lua"
     H.write_file(script, RESOLVE)
-    local relay = lab:spawn("srv", { H.BIN, "relay", "--listen", SRV1 .. ":3340", "--stun-listen",
-      SRV1 .. ":3478" }, { env = env })
-    assert(relay:wait_output("relay listening", 20, "stdout"), "relay" .. lab:logs())
-    local key = dir .. "/server.key"
-    assert(lab:exec("b", { H.BIN, "generate-server-key", "--output", key }))
-    local _, token = lab:exec("b", { H.BIN, "generate-token" })
-    token = token:gsub("%s+$", "")
-    local srv = lab:spawn("b", { H.BIN, "server", "--listen", "0.0.0.0:0", "--secret-file", key,
-      "--auth-tokens", token, "--allowed-tcp", "127.0.0.0/8", "--relay-url", URL }, { env = env })
-    assert(srv:wait_output("Relay: ", 20, "stdout"), "server" .. lab:logs())
-    id = srv.stdout:match("EndpointId: (%S+)")
+    lab:start_relay({ stun = true })
+    -- No echo service: no client connects here.
+    local w = lab:iroh_server({ echo = false, args = { "--relay-url", URL } })
+    local srv = w.srv
+    id = w.id
     assert(id, "no EndpointId" .. lab:logs())
 
     -- 1. The public mapping, as the relay's STUN responder saw the server's QUIC socket.

@@ -35,10 +35,9 @@ local function have(cmd)
   return r == 0 or r == true
 end
 
---- Whether the lab can run here: true, or false and the reason. `tools` lists extra commands a
--- spec needs (e.g. {"turnserver", "stun"}). With TUNNEL_LAB_REQUIRE=1 a missing piece raises an
--- error instead, so a CI job cannot skip the lab by accident.
-function Lab.available(tools)
+-- Why the lab cannot run here (nil when it can). With TUNNEL_LAB_REQUIRE=1 it raises instead,
+-- blaming the caller of Lab.available or Lab.guard.
+local function why_not(tools)
   local why
   local ok, out = run({ "id", "-u" })
   if not ok or out:match("^%s*(%d+)") ~= "0" then
@@ -65,9 +64,34 @@ function Lab.available(tools)
     end
   end
   if why and os.getenv("TUNNEL_LAB_REQUIRE") == "1" then
-    error("TUNNEL_LAB_REQUIRE=1 but " .. why, 2)
+    error("TUNNEL_LAB_REQUIRE=1 but " .. why, 3)
   end
+  return why
+end
+
+--- Whether the lab can run here: true, or false and the reason. `tools` lists extra commands a
+-- spec needs (e.g. {"turnserver", "stun"}). With TUNNEL_LAB_REQUIRE=1 a missing piece raises an
+-- error instead, so a CI job cannot skip the lab by accident.
+function Lab.available(tools)
+  local why = why_not(tools)
   return why == nil, why
+end
+
+--- For a spec file's top level: true when the lab can run here (Lab.available(tools), which
+-- raises with TUNNEL_LAB_REQUIRE=1). Otherwise declares a describe block named `title` that is
+-- pending with the reason, and returns false (the spec returns).
+--   if not Lab.guard("my lab spec", { "python3" }) then return end
+function Lab.guard(title, tools)
+  local why = why_not(tools)
+  if not why then
+    return true
+  end
+  -- busted's describe and pending live in the spec file's environment, not in _G.
+  local env = getfenv(2)
+  env.describe(title, function()
+    env.pending("skipped: " .. why)
+  end)
+  return false
 end
 
 --- The namespace name of role `ns` ("a", "b", "nat1", "nat2", "srv", "pub").
@@ -144,14 +168,37 @@ function Lab:nat_type(ns)
   return self.nat[ns]
 end
 
+--- The environment of tunnel processes in the lab: their runtime dir in the lab's temp dir, and
+-- no TUNNEL_LOG (unless SPEC_TUNNEL_LOG gives one, for debugging a spec).
+function Lab:env()
+  return { TUNNEL_LOG = os.getenv("SPEC_TUNNEL_LOG") or false, XDG_RUNTIME_DIR = self:tmpdir() }
+end
+
+--- Start spec/tools/netcheck.py with `args` (its subcommand first) in namespace `ns`; opts as
+-- for Lab:spawn.
+function Lab:netcheck(ns, args, opts)
+  return self:spawn(ns, H.append({ "python3", H.NETCHECK }, args), opts)
+end
+
+--- Start a netcheck service (tcp-echo, udp-echo) in `ns`; returns it and the port it listens
+-- on (see helper.port_of).
+function Lab:service(ns, args)
+  return H.port_of(self:netcheck(ns, args), function()
+    return self:logs()
+  end)
+end
+
+--- Move `n` bytes both ways through 127.0.0.1:`port` in `ns` with netcheck tcp-bulk (bounded
+-- by 200 s); returns what it printed: the digests sent and received, and the bytes echoed.
+function Lab:tcp_bulk(ns, port, n)
+  local p = self:netcheck(ns, { "tcp-bulk", "--port", port, "--bytes", n, "--timeout", 200 })
+  p:wait(210)
+  return p.stdout:match("SENT (%x+) RECV (%x+) BYTES (%d+)")
+end
+
 --- Everything the lab's processes printed, for assertion messages.
 function Lab:logs()
-  local parts = {}
-  for _, p in ipairs(self.procs) do
-    parts[#parts + 1] = string.format("--- %s (pid %s, done %s, code %s)\n%s%s", p.label,
-      tostring(p.pid), tostring(p.done), tostring(p.code), p.stdout, p.stderr)
-  end
-  return "\n" .. table.concat(parts, "\n")
+  return H.logs(self.procs)
 end
 
 --- A temporary directory of the lab's own, removed at teardown.
@@ -327,27 +374,11 @@ function Lab.new(o)
   return self
 end
 
-local function stop_proc(p)
-  if p.done then
-    return
-  end
-  p:kill("sigterm")
-  H.wait_until(function()
-    return p.done
-  end, 5)
-  if not p.done then
-    p:kill("sigkill")
-    H.wait_until(function()
-      return p.done
-    end, 5)
-  end
-end
-
 --- Kill the lab's processes (by PID: SIGTERM, then SIGKILL), delete its namespaces (with their
 -- interfaces and bridges) and its temp dir. Safe to call twice.
 function Lab:teardown()
   for _, p in ipairs(self.procs) do
-    stop_proc(p)
+    H.stop(p)
     if p.handle and not p.handle:is_closing() then
       p.handle:close()
     end
@@ -361,6 +392,17 @@ function Lab:teardown()
     self.dir = nil
   end
   live[self] = nil
+end
+
+--- Tear down every lab not torn down yet (a spec's after_each, whatever its test built).
+-- Returns the names of their namespaces that still exist (see Lab:leftovers; none expected).
+function Lab.teardown_all()
+  local left = {}
+  for lab in pairs(live) do
+    lab:teardown()
+    H.append(left, lab:leftovers())
+  end
+  return left
 end
 
 --- Names of this lab's namespaces that still exist (teardown should leave none).
@@ -485,6 +527,80 @@ function Lab:start_responder(ns, o)
     error("the STUN responder did not start:" .. self:logs(), 2)
   end
   return p
+end
+
+---------------------------------------------------------------------------------------------------
+-- iroh mode
+
+Lab.RELAY_PORT = 3340
+Lab.RELAY_URL = "http://" .. Lab.SRV_IPS[1] .. ":" .. Lab.RELAY_PORT
+
+--- Start `tunnel relay` in "srv" at Lab.RELAY_URL (o.stun: with its STUN responder on port 3478
+-- of the same address) and wait until it listens.
+function Lab:start_relay(o)
+  o = o or {}
+  local ip = Lab.SRV_IPS[1]
+  local argv = { H.BIN, "relay", "--listen", ip .. ":" .. Lab.RELAY_PORT }
+  if o.stun then
+    H.append(argv, { "--stun-listen", ip .. ":3478" })
+  end
+  local p = self:spawn("srv", argv, { env = self:env() })
+  assert(p:wait_output("relay listening", 20, "stdout"), "relay" .. self:logs())
+  return p
+end
+
+--- The server side of iroh mode, in b: a server key and an access token made there, a TCP echo
+-- service (unless o.echo == false) and `tunnel server` with --allowed-tcp 127.0.0.0/8 and
+-- o.args, once it printed o.ready (a pattern, default "Relay: ") on o.which (default
+-- "stdout"). Returns w = { key, token, eport, srv, id }.
+function Lab:iroh_server(o)
+  o = o or {}
+  local w = { key = self:tmpdir() .. "/server.key" }
+  assert(self:exec("b", { H.BIN, "generate-server-key", "--output", w.key }))
+  local _, token = self:exec("b", { H.BIN, "generate-token" })
+  w.token = token:gsub("%s+$", "")
+  if o.echo ~= false then
+    w.eport = select(2, self:service("b", { "tcp-echo", "--port", 0 }))
+  end
+  w.srv = self:spawn("b", H.append({ H.BIN, "server", "--listen", "0.0.0.0:0", "--secret-file",
+    w.key, "--auth-tokens", w.token, "--allowed-tcp", "127.0.0.0/8" }, o.args),
+    { env = self:env() })
+  assert(w.srv:wait_output(o.ready or "Relay: ", 20, o.which or "stdout"), "server" ..
+    self:logs())
+  w.id = w.srv.stdout:match("EndpointId: (%S+)")
+  return w
+end
+
+--- `tunnel client` in a for the server of `w` (Lab:iroh_server): by w.id and w.token, with
+-- o.args, forwarding 127.0.0.1:(o.port or 7000) to the echo service. o.started(): called as
+-- soon as it is started. Waits until it forwards unless o.wait == false.
+function Lab:iroh_client(w, o)
+  o = o or {}
+  local argv = H.append({ H.BIN, "client", "--server-node-id", w.id }, o.args)
+  H.append(argv, { "--auth-token", w.token, "--source", "tcp://127.0.0.1:" .. w.eport, "--target",
+    "127.0.0.1:" .. (o.port or 7000) })
+  local cli = self:spawn("a", argv, { env = self:env() })
+  if o.started then
+    o.started()
+  end
+  if o.wait ~= false then
+    assert(cli:wait_output("forwarding tcp ", 30), "client" .. self:logs())
+  end
+  return cli
+end
+
+--- iroh mode across the lab: `tunnel relay` with its STUN responder, the server side in b
+-- registered with it and a client in a that knows the server by its EndpointId and the relay
+-- URL alone, returned once the client forwards. o.args: more arguments for both sides;
+-- o.started: as for Lab:iroh_client. Returns w as Lab:iroh_server does, with relay and cli.
+function Lab:iroh_session(o)
+  o = o or {}
+  local relay = self:start_relay({ stun = true })
+  local args = H.append({ "--relay-url", Lab.RELAY_URL }, o.args)
+  local w = self:iroh_server({ args = args })
+  w.relay = relay
+  w.cli = self:iroh_client(w, { args = args, started = o.started })
+  return w
 end
 
 return Lab

@@ -7,14 +7,10 @@ local H = require "helper"
 local Lab = require "lab"
 local sigblock = require "tunnel.sigblock"
 
-local TOOLS = { "turnserver", "python3" }
+local TITLE = "manual mode in the NAT lab"
 local MiB = 1024 * 1024
 
-local available, why = Lab.available(TOOLS)
-if not available then
-  describe("manual mode in the NAT lab", function()
-    pending("skipped: " .. why)
-  end)
+if not Lab.guard(TITLE, { "turnserver", "python3" }) then
   return
 end
 
@@ -32,35 +28,18 @@ s.sendall(b"x")
 assert s.recv(1) == b"x"
 print("FIRSTBYTE %.1f" % ((time.monotonic() - t) * 1000), flush=True)
 ]]
-local TOOL = "spec/tools/netcheck.py"
-
-local function block_of(text, kind)
-  return text:match("(%-%-%-%-%-BEGIN TUNNEL " .. kind .. "%-%-%-%-%-.-%-%-%-%-%-END TUNNEL " ..
-    kind .. "%-%-%-%-%-)")
-end
 
 local function wait_block(lab, p, kind)
-  H.wait_until(function()
-    return block_of(p.stdout, kind) or p.done
-  end, 60)
-  return assert(block_of(p.stdout, kind), "no " .. kind .. " block from " .. p.label ..
-    lab:logs())
-end
-
---- Start a TCP echo service in `ns` on 127.0.0.1; returns the process and its port.
-local function echo(lab, ns)
-  local p = lab:spawn(ns, { "python3", TOOL, "tcp-echo", "--port", 0 })
-  H.wait_until(function()
-    return p.stdout:match("PORT %d+\n") or p.done
-  end, 20)
-  return p, assert(tonumber(p.stdout:match("PORT (%d+)\n")), "echo did not start" .. lab:logs())
+  return H.wait_block(p, kind, 60, function()
+    return lab:logs()
+  end)
 end
 
 --- Run a manual-mode session: server in b, client in a. o.stun: list of STUN servers (nil:
--- --no-stun). Returns srv, cli, and whether both reported "Connected:" (false when either
--- gave up first).
+-- --no-stun). Returns srv, cli, and whether both reported "Connected:" within 60 s (false
+-- when either gave up first).
 local function session(lab, o)
-  local _, eport = echo(lab, "b")
+  local _, eport = lab:service("b", { "tcp-echo", "--port", 0 })
   local function args(role, extra)
     local argv = { H.BIN, role, "manual" }
     if o.stun then
@@ -76,7 +55,7 @@ local function session(lab, o)
     end
     return argv
   end
-  local env = { TUNNEL_LOG = false, XDG_RUNTIME_DIR = lab:tmpdir() }
+  local env = lab:env()
   local srv = lab:spawn("b", args("server", { "--allowed-tcp", "127.0.0.0/8" }),
     { stdin = true, env = env })
   local cli = lab:spawn("a", args("client", { "--source", "tcp://127.0.0.1:" .. eport,
@@ -99,7 +78,7 @@ local function session(lab, o)
   H.wait_until(function()
     return (cli.stderr:find("Connected: ", 1, true) and srv.stderr:find("Connected: ", 1, true))
       or cli.done or srv.done
-  end, o.timeout or 60)
+  end, 60)
   local ok = cli.stderr:find("Connected: ", 1, true) ~= nil
     and srv.stderr:find("Connected: ", 1, true) ~= nil
   return srv, cli, ok
@@ -108,10 +87,7 @@ end
 --- Move `n` bytes both ways through the client's forward (port 7000 in a); returns the
 -- netcheck result line fields.
 local function bulk(lab, n)
-  local p = lab:spawn("a", { "python3", TOOL, "tcp-bulk", "--port", 7000, "--bytes", n,
-    "--timeout", 200 })
-  p:wait(210)
-  return p.stdout:match("SENT (%x+) RECV (%x+) BYTES (%d+)")
+  return lab:tcp_bulk("a", 7000, n)
 end
 
 local function after_answer(cli)
@@ -127,15 +103,27 @@ local function note(what, cli)
     tostring(cli.probe.stdout:match("FIRSTBYTE ([%d.]+)"))))
 end
 
-describe("manual mode in the NAT lab", function()
+describe(TITLE, function()
   local lab
 
-  after_each(function()
-    if lab then
-      lab:teardown()
-      lab = nil
-    end
-  end)
+  after_each(Lab.teardown_all)
+
+  -- A lab with the routers `nats` (as for Lab.new), coturn's STUN on SRV1 and a session that
+  -- uses it: srv, cli, ok as from session().
+  local function coturn_session(nats)
+    lab = Lab.new(nats)
+    lab:start_coturn("srv", { ips = { SRV1 } })
+    return session(lab, { stun = { SRV1 .. ":3478" } })
+  end
+
+  -- The client gave up: no connection, exit status 1, "ICE failed" and a hint at iroh mode.
+  local function gave_up(cli, ok)
+    assert.is_false(ok, lab:logs())
+    cli:wait(60)
+    assert.equal(1, cli.code, lab:logs())
+    assert.matches("ICE failed", cli.stderr, 1, true)
+    assert.matches("iroh mode", cli.stderr, 1, true)
+  end
 
   it("connects two hosts on one LAN through host candidates without STUN", function()
     lab = Lab.new({ lan = true, nat = "cone" })
@@ -151,9 +139,7 @@ describe("manual mode in the NAT lab", function()
 
   it("traverses two endpoint-independent NATs with coturn's STUN and moves 50 MiB intact",
     function()
-      lab = Lab.new({ a = "cone", b = "cone" })
-      lab:start_coturn("srv", { ips = { SRV1 } })
-      local srv, cli, ok = session(lab, { stun = { SRV1 .. ":3478" } })
+      local srv, cli, ok = coturn_session({ a = "cone", b = "cone" })
       assert.is_true(ok, lab:logs())
       assert.matches("NAT traversal (server-reflexive", cli.stderr, 1, true)
       assert.matches("NAT traversal (server-reflexive", srv.stderr, 1, true)
@@ -182,9 +168,7 @@ describe("manual mode in the NAT lab", function()
 
   it("reaches a public server from behind a symmetric NAT through a peer-reflexive candidate",
     function()
-      lab = Lab.new({ a = "symmetric", b = "none" })
-      lab:start_coturn("srv", { ips = { SRV1 } })
-      local _, cli, ok = session(lab, { stun = { SRV1 .. ":3478" } })
+      local _, cli, ok = coturn_session({ a = "symmetric", b = "none" })
       assert.is_true(ok, lab:logs())
       assert.matches("peer-reflexive", cli.stderr, 1, true)
       local sent, recv = bulk(lab, 5 * MiB)
@@ -193,27 +177,16 @@ describe("manual mode in the NAT lab", function()
     end)
 
   it("fails clearly when one side is behind a symmetric NAT and the other filters", function()
-    lab = Lab.new({ a = "symmetric", b = "cone" })
-    lab:start_coturn("srv", { ips = { SRV1 } })
-    local srv, cli, ok = session(lab, { stun = { SRV1 .. ":3478" }, timeout = 60 })
-    assert.is_false(ok, lab:logs())
-    cli:wait(60)
+    local srv, cli, ok = coturn_session({ a = "symmetric", b = "cone" })
+    gave_up(cli, ok)
     srv:wait(60)
-    assert.equal(1, cli.code, lab:logs())
-    assert.matches("ICE failed", cli.stderr, 1, true)
-    assert.matches("iroh mode", cli.stderr, 1, true)
     assert.matches("ICE failed", srv.stderr, 1, true)
   end)
 
   it("fails within 45 s between two symmetric NATs and recommends iroh mode", function()
-    lab = Lab.new({ a = "symmetric", b = "symmetric" })
-    lab:start_coturn("srv", { ips = { SRV1 } })
-    local _, cli, ok = session(lab, { stun = { SRV1 .. ":3478" }, timeout = 60 })
-    assert.is_false(ok, lab:logs())
-    cli:wait(60)
-    assert.equal(1, cli.code, lab:logs())
+    local _, cli, ok = coturn_session({ a = "symmetric", b = "symmetric" })
+    gave_up(cli, ok)
     assert.matches("ICE failed: [^\n]*after 4%d s", cli.stderr)
-    assert.matches("iroh mode", cli.stderr, 1, true)
   end)
 
   -- The conntrack pitfall (LAB.md, docs/ice.md): a router without the usual drop of
@@ -222,9 +195,7 @@ describe("manual mode in the NAT lab", function()
   -- first. In manual mode that is the server, always (it checks as soon as it has the offer;
   -- the client holds back): a pitfall router on the server's side is survived.
   it("survives the conntrack pitfall router on the server's side", function()
-    lab = Lab.new({ a = "cone", b = "pitfall" })
-    lab:start_coturn("srv", { ips = { SRV1 } })
-    local _, cli, ok = session(lab, { stun = { SRV1 .. ":3478" }, timeout = 60 })
+    local _, cli, ok = coturn_session({ a = "cone", b = "pitfall" })
     assert.is_true(ok, lab:logs())
     local sent, recv = bulk(lab, 5 * MiB)
     assert.equal(sent, recv, lab:logs())
@@ -235,15 +206,9 @@ describe("manual mode in the NAT lab", function()
   -- keep it alive: no order of packets fixes that within the 40 s budget (a relay does). What
   -- the regression case asserts is a clear failure on both sides, not a hang.
   it("fails clearly with the conntrack pitfall router on the client's side", function()
-    lab = Lab.new({ a = "pitfall", b = "cone" })
-    lab:start_coturn("srv", { ips = { SRV1 } })
-    local srv, cli, ok = session(lab, { stun = { SRV1 .. ":3478" }, timeout = 60 })
-    assert.is_false(ok, lab:logs())
-    cli:wait(60)
+    local srv, cli, ok = coturn_session({ a = "pitfall", b = "cone" })
+    gave_up(cli, ok)
     srv:wait(60)
-    assert.equal(1, cli.code, lab:logs())
     assert.equal(1, srv.code, lab:logs())
-    assert.matches("ICE failed", cli.stderr, 1, true)
-    assert.matches("iroh mode", cli.stderr, 1, true)
   end)
 end)

@@ -7,47 +7,17 @@ local H = require "helper"
 local MiB = 1024 * 1024
 
 local T
-
-local function track(p, label)
-  return H.track(T.procs, p, label)
-end
-
-local function logs()
-  return H.logs(T.procs)
-end
-
-local function tool(args)
-  return H.netcheck(T.procs, args)
-end
+local P = H.bind(function() return T.procs end)
+local track, logs, tool, wait_err = P.track, P.logs, P.netcheck, P.wait_err
 
 local function echo_service()
-  local p = tool({ "tcp-echo", "--port", 0 })
-  H.wait_until(function()
-    return p.stdout:match("PORT %d+\n") or p.done
-  end, 20)
-  return p, assert(tonumber(p.stdout:match("PORT (%d+)\n")), "echo did not start" .. logs())
+  return P.service({ "tcp-echo", "--port", 0 })
 end
 
 local free_port = H.free_port
 
-local function block_of(text, kind)
-  return text:match("(%-%-%-%-%-BEGIN TUNNEL " .. kind .. "%-%-%-%-%-.-%-%-%-%-%-END TUNNEL " ..
-    kind .. "%-%-%-%-%-)")
-end
-
 local function wait_block(p, kind)
-  H.wait_until(function()
-    return block_of(p.stdout, kind) or p.done
-  end, 30)
-  return assert(block_of(p.stdout, kind), "no " .. kind .. " block from " .. p.label .. logs())
-end
-
-local function wait_err(p, pattern, plain)
-  H.wait_until(function()
-    return p.stderr:find(pattern, 1, plain) or p.done
-  end, 60)
-  assert(p.stderr:find(pattern, 1, plain), "expected '" .. pattern .. "' from " .. p.label ..
-    logs())
+  return H.wait_block(p, kind, 30, logs)
 end
 
 local function start(role, args)
@@ -60,24 +30,11 @@ end
 
 describe("manual mode", function()
   before_each(function()
-    T = { procs = {}, dir = H.tmpdir() }
-    T.env = { XDG_RUNTIME_DIR = T.dir, HOME = T.dir, TUNNEL_LOG = false }
+    T = H.world()
   end)
 
   after_each(function()
-    for _, p in ipairs(T.procs) do
-      if not p.done then
-        p:kill("sigkill")
-      end
-    end
-    H.wait_until(function()
-      for _, p in ipairs(T.procs) do
-        if not p.done then
-          return false
-        end
-      end
-      return true
-    end, 10)
+    H.kill_all(T.procs)
     H.cleanup()
   end)
 

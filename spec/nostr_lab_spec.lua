@@ -14,14 +14,9 @@ local uv = require "luv"
 
 local TITLE = "nostr mode in the NAT lab"
 local MiB = 1024 * 1024
-local TOOL = "spec/tools/netcheck.py"
 local KIND = 25517
 
-local available, why = Lab.available({ "turnserver", "python3" })
-if not available then
-  describe(TITLE, function()
-    pending("skipped: " .. why)
-  end)
+if not Lab.guard(TITLE, { "turnserver", "python3" }) then
   return
 end
 if not nostr.guard(TITLE) then
@@ -114,24 +109,15 @@ local function make_key(lab, ns, name)
   return { file = file, npub = npub, sk = r[1].data, pk = r[2].data }
 end
 
---- Start a TCP echo service in `ns` on 127.0.0.1; returns its port.
-local function echo(lab, ns)
-  local p = lab:spawn(ns, { "python3", TOOL, "tcp-echo", "--port", 0 })
-  assert(p:wait_output("PORT %d+\n", 20, "stdout"), "echo did not start" .. lab:logs())
-  return tonumber(p.stdout:match("PORT (%d+)\n"))
-end
-
 --- The common world of a test: a lab (o.a, o.b: nat types), coturn's STUN, the relay (with a
 -- --log of every message it received), keys for both sides, an echo service in b, and the
 -- server in b, subscribed to the relay. o.relays: the relay list of both sides (default the lab
 -- relay only); o.before_server(lab): called just before the server starts. Returns w = { lab,
 -- relay, server, client (keys), srv (process), eport, stun, pair }.
-local labs = {} -- built and not torn down yet: after_each tears them down even if world() fails
 local function world(o)
   local lab = Lab.new({ a = o.a or "cone", b = o.b or "cone" })
-  labs[#labs + 1] = lab
   local w = { lab = lab, relays = o.relays or { URL } }
-  w.env = { TUNNEL_LOG = false, XDG_RUNTIME_DIR = lab:tmpdir() }
+  w.env = lab:env()
   lab:start_coturn("srv", { ips = { SRV1 } })
   w.stun = { "--stun-server", SRV1 .. ":3478" }
   w.relay = nostr.start_relay({ host = SRV1, port = 7447, netns = lab:ns("srv"),
@@ -140,7 +126,7 @@ local function world(o)
   w.server = make_key(lab, "b", "server")
   w.client = make_key(lab, "a", "client")
   w.pair = pair_tag(w.server.pk, w.client.pk)
-  w.eport = echo(lab, "b")
+  w.eport = select(2, lab:service("b", { "tcp-echo", "--port", 0 }))
   if o.before_server then
     o.before_server(lab)
   end
@@ -189,8 +175,8 @@ end
 
 --- Move `n` bytes both ways through the forward on `port` in a; returns the result process.
 local function bulk_start(w, n, port)
-  return w.lab:spawn("a", { "python3", TOOL, "tcp-bulk", "--port", port or 7000, "--bytes", n,
-    "--timeout", 200 })
+  return w.lab:netcheck("a", { "tcp-bulk", "--port", port or 7000, "--bytes", n, "--timeout",
+    200 })
 end
 
 local function bulk_result(p)
@@ -257,10 +243,9 @@ describe(TITLE, function()
 
   after_each(function()
     nostr.stop_all()
-    for _, lab in ipairs(labs) do
-      lab:teardown()
-    end
-    labs, w = {}, nil
+    -- Every lab built, even by a world() that failed half-way.
+    Lab.teardown_all()
+    w = nil
   end)
 
   it("connects two endpoint-independent NATs with coturn's STUN and moves 50 MiB intact",

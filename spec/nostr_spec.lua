@@ -22,14 +22,8 @@ local KEYDIR
 
 -- One test's world: its temp dir, environment and every process it started.
 local T
-
-local function track(p, label)
-  return H.track(T.procs, p, label)
-end
-
-local function logs()
-  return H.logs(T.procs)
-end
+local P = H.bind(function() return T.procs end)
+local track, logs, tool, service = P.track, P.logs, P.netcheck, P.service
 
 local count = H.count
 
@@ -45,19 +39,6 @@ end
 
 ---------------------------------------------------------------------------------------------------
 -- Processes
-
-local function tool(args)
-  return H.netcheck(T.procs, args)
-end
-
-local function service(args)
-  local p = tool(args)
-  H.wait_until(function()
-    return p.stdout:match("PORT %d+\n") or p.done
-  end, 20)
-  return p, assert(tonumber(p.stdout:match("PORT (%d+)\n")), args[1] .. " did not start" ..
-    logs())
-end
 
 local function relay_of(r)
   return type(r) == "table" and r.url or r
@@ -123,13 +104,7 @@ local function start_client(relays, source, args, o)
 end
 
 --- Wait until `p` wrote `pattern` on stderr (or ended); fail with every log when it did not.
-local function wait_err(p, pattern, plain, timeout)
-  H.wait_until(function()
-    return p.stderr:find(pattern, 1, plain) or p.done
-  end, timeout or 60)
-  assert(p.stderr:find(pattern, 1, plain), "expected '" .. pattern .. "' from " .. p.label ..
-    logs())
-end
+local wait_err = P.wait_err
 
 --- Wait until `p` ended (bounded); fail when it did not.
 local function wait_exit(p, timeout)
@@ -253,17 +228,11 @@ describe("nostr mode", function()
   end)
 
   before_each(function()
-    local dir = assert(uv.fs_mkdtemp(KEYDIR .. "/t-XXXXXX"))
-    T = { procs = {}, dir = dir, env = { XDG_RUNTIME_DIR = dir, HOME = dir, TUNNEL_LOG = false } }
+    T = H.world(assert(uv.fs_mkdtemp(KEYDIR .. "/t-XXXXXX")))
   end)
 
   after_each(function()
-    for _, p in ipairs(T.procs) do
-      p:kill("sigkill")
-    end
-    for _, p in ipairs(T.procs) do
-      p:wait(10)
-    end
+    H.kill_all(T.procs)
     nostr.stop_all()
   end)
 

@@ -49,18 +49,7 @@ end
 --- Start `tunnel relay` with exactly `args` (opts as for H.start) and wait for its "listening"
 -- line. Returns the process and the port it listens on.
 local function start_relay(args, opts)
-  local a = { "relay" }
-  for _, x in ipairs(args) do
-    a[#a + 1] = x
-  end
-  local p = H.start(a, opts)
-  procs[#procs + 1] = p
-  H.wait_until(function()
-    return p.stdout:find("relay listening on http://127%.0%.0%.1:%d+\n") or p.done
-  end, 20)
-  local port = tonumber(p.stdout:match("relay listening on http://127%.0%.0%.1:(%d+)"))
-  assert(port, "relay did not start: " .. p.stdout .. p.stderr)
-  return p, port
+  return H.start_relay(procs, args, opts)
 end
 
 --- Start `tunnel relay --listen 127.0.0.1:0` with more `args`.
@@ -74,10 +63,7 @@ end
 
 describe("tunnel relay", function()
   after_each(function()
-    for _, p in ipairs(procs) do
-      p:kill("sigkill")
-      p:wait(10)
-    end
+    H.kill_all(procs)
     procs = {}
   end)
 
@@ -220,10 +206,7 @@ describe("tunnel relay with a config file", function()
   end)
 
   after_each(function()
-    for _, p in ipairs(procs) do
-      p:kill("sigkill")
-      p:wait(10)
-    end
+    H.kill_all(procs)
     procs = {}
     H.cleanup()
     uv.run("nowait") -- let closed relay clients finish closing

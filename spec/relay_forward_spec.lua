@@ -6,71 +6,68 @@ local H = require "helper"
 local MiB = 1024 * 1024
 
 local T
-
-local function track(p, label)
-  return H.track(T.procs, p, label)
-end
-
-local function logs()
-  return H.logs(T.procs)
-end
-
-local function tool(args)
-  return H.netcheck(T.procs, args)
-end
+local P = H.bind(function() return T.procs end)
+local track, logs, tool = P.track, P.logs, P.netcheck
 
 local function start_relay(port)
-  local p = track(H.start({ "relay", "--listen", "127.0.0.1:" .. (port or 0) }, { env = T.env }),
-    "tunnel relay")
-  assert(p:wait_output("relay listening on http://127%.0%.0%.1:%d+", 20, "stdout"),
-    "relay did not start" .. logs())
-  return p, p.stdout:match("(http://127%.0%.0%.1:%d+)")
+  local p, got = H.start_relay(T.procs, { "--listen", "127.0.0.1:" .. (port or 0) },
+    { env = T.env })
+  return p, "http://127.0.0.1:" .. got
+end
+
+--- Send `text` through the forward on `lport` with tcp-halfclose (each try bounded by `try` s,
+-- its process by `wait` s) until the echo comes back or `within` s pass; returns the last try.
+local function send_until(lport, text, try, wait, within)
+  local p
+  H.wait_until(function()
+    p = tool({ "tcp-halfclose", "--port", lport, "--send", text, "--timeout", try })
+    p:wait(wait)
+    return p.stdout:find("RECV " .. text, 1, true) ~= nil
+  end, within)
+  return p
 end
 
 describe("forwarding through a relay", function()
   before_each(function()
-    T = { procs = {}, dir = H.tmpdir() }
-    T.env = { XDG_RUNTIME_DIR = T.dir, HOME = T.dir, TUNNEL_LOG = false }
+    T = H.world()
     T.key = T.dir .. "/server.key"
     assert.equal(0, H.tunnel({ "generate-server-key", "--output", T.key }).code)
     T.token = H.tunnel({ "generate-token" }).stdout:gsub("%s+$", "")
   end)
 
   after_each(function()
-    for _, p in ipairs(T.procs) do
-      if not p.done then
-        p:kill("sigkill")
-      end
-    end
-    H.wait_until(function()
-      for _, p in ipairs(T.procs) do
-        if not p.done then
-          return false
-        end
-      end
-      return true
-    end, 10)
+    H.kill_all(T.procs)
     H.cleanup()
   end)
 
-  local function setup()
-    local echo = tool({ "tcp-echo", "--port", 0 })
-    H.wait_until(function()
-      return echo.stdout:match("PORT %d+\n") or echo.done
-    end, 20)
-    local eport = assert(tonumber(echo.stdout:match("PORT (%d+)\n")), "echo" .. logs())
-    local relay, url = start_relay()
-    local srv = track(H.start({ "server", "--listen", "127.0.0.1:0", "--secret-file", T.key,
-      "--auth-tokens", T.token, "--allowed-tcp", "127.0.0.0/8", "--relay-url", url },
-      { env = T.env }), "tunnel server")
+  --- An echo service, o.relays relays (default 1), a server registered with them all and a
+  -- client that knows it by its EndpointId and the relay URLs alone, once it forwards a free
+  -- local port to the echo service. o.relay_only: both sides with --relay-only. Returns w with
+  -- the relays (and their URLs) in order and the first one as w.relay, w.url.
+  local function setup(o)
+    o = o or {}
+    local echo, eport = P.service({ "tcp-echo", "--port", 0 })
+    local relays, urls, via = {}, {}, {}
+    for i = 1, o.relays or 1 do
+      relays[i], urls[i] = start_relay()
+      via[#via + 1], via[#via + 2] = "--relay-url", urls[i]
+    end
+    if o.relay_only then
+      via[#via + 1] = "--relay-only"
+    end
+    local sargs = { "server", "--listen", "127.0.0.1:0", "--secret-file", T.key, "--auth-tokens",
+      T.token, "--allowed-tcp", "127.0.0.0/8" }
+    local srv = track(H.start(H.append(sargs, via), { env = T.env }), "tunnel server")
     assert(srv:wait_output("Relay: http", 20, "stdout"), "server" .. logs())
     local id = srv.stdout:match("EndpointId: (%S+)")
     local lport = H.free_port()
-    local cli = track(H.start({ "client", "--server-node-id", id, "--relay-url", url,
-      "--auth-token", T.token, "--source", "tcp://127.0.0.1:" .. eport, "--target",
-      "127.0.0.1:" .. lport }, { env = T.env }), "tunnel client")
+    local cargs = H.append({ "client", "--server-node-id", id }, via)
+    local cli = track(H.start(H.append(cargs, { "--auth-token", T.token, "--source",
+      "tcp://127.0.0.1:" .. eport, "--target", "127.0.0.1:" .. lport }), { env = T.env }),
+      "tunnel client")
     assert(cli:wait_output("forwarding tcp ", 30), "client did not connect" .. logs())
-    return { echo = echo, relay = relay, url = url, srv = srv, cli = cli, lport = lport, id = id }
+    return { echo = echo, relay = relays[1], url = urls[1], relays = relays, urls = urls,
+      srv = srv, cli = cli, lport = lport, id = id }
   end
 
   it("reaches the server by EndpointId alone and carries 20 MiB both ways intact", function()
@@ -94,13 +91,7 @@ describe("forwarding through a relay", function()
     assert(w.cli:wait_output("relay http[^\n]*retrying", 20), "no reconnect note" .. logs())
     start_relay(port)
     -- A new connection through the old QUIC session, once both sides are back on the relay.
-    local p
-    H.wait_until(function()
-      p = tool({ "tcp-halfclose", "--port", w.lport, "--send", "after the restart",
-        "--timeout", 20 })
-      p:wait(30)
-      return p.stdout:find("RECV after the restart", 1, true) ~= nil
-    end, 60)
+    local p = send_until(w.lport, "after the restart", 20, 30, 60)
     assert.matches("RECV after the restart", p.stdout, 1, true)
     assert.is_false(w.cli.done, logs())
     -- The same session (no second "forwarding" line), over a new relay connection.
@@ -144,33 +135,13 @@ describe("forwarding through a relay", function()
     end)
 
   it("fails over to the second relay when the first one dies", function()
-    local echo = tool({ "tcp-echo", "--port", 0 })
-    assert(echo:wait_output("PORT %d+", 20, "stdout"), "echo" .. logs())
-    local eport = echo.stdout:match("PORT (%d+)")
-    local r1, url1 = start_relay()
-    local _, url2 = start_relay()
-    local srv = track(H.start({ "server", "--listen", "127.0.0.1:0", "--secret-file", T.key,
-      "--auth-tokens", T.token, "--allowed-tcp", "127.0.0.0/8", "--relay-url", url1,
-      "--relay-url", url2, "--relay-only" }, { env = T.env }), "tunnel server")
-    assert(srv:wait_output("Relay: http", 20, "stdout"), "server" .. logs())
-    local id = srv.stdout:match("EndpointId: (%S+)")
-    local lport = H.free_port()
-    local cli = track(H.start({ "client", "--server-node-id", id, "--relay-url", url1,
-      "--relay-url", url2, "--relay-only", "--auth-token", T.token, "--source",
-      "tcp://127.0.0.1:" .. eport, "--target", "127.0.0.1:" .. lport }, { env = T.env }),
-      "tunnel client")
-    assert(cli:wait_output("forwarding tcp ", 30), "client did not connect" .. logs())
+    local w = setup({ relays = 2, relay_only = true })
+    local r1, url1, url2, cli = w.relays[1], w.urls[1], w.urls[2], w.cli
     assert(cli:wait_output("relay " .. url2:gsub("%p", "%%%0") .. ": connected", 20),
       "second relay not connected" .. logs())
     r1:kill("sigkill")
     r1:wait(10)
-    local p
-    H.wait_until(function()
-      p = tool({ "tcp-halfclose", "--port", lport, "--send", "over the other relay",
-        "--timeout", 10 })
-      p:wait(15)
-      return p.stdout:find("RECV over the other relay", 1, true) ~= nil
-    end, 30)
+    local p = send_until(w.lport, "over the other relay", 10, 15, 30)
     assert.matches("RECV over the other relay", p.stdout, 1, true)
     assert.matches("relay " .. url1 .. ": [^\n]*retrying", cli.stderr)
     assert.is_false(cli.done, logs())
@@ -180,22 +151,9 @@ describe("forwarding through a relay", function()
     -- A relay that hangs (here: SIGSTOP) keeps its TCP connections open and says nothing; the
     -- clients notice the unanswered ping and use their other relay long before the 30 s after
     -- which they reconnect.
-    local echo = tool({ "tcp-echo", "--port", 0 })
-    assert(echo:wait_output("PORT %d+", 20, "stdout"), "echo" .. logs())
-    local eport = echo.stdout:match("PORT (%d+)")
-    local r1, url1 = start_relay()
-    local r2, url2 = start_relay()
-    local srv = track(H.start({ "server", "--listen", "127.0.0.1:0", "--secret-file", T.key,
-      "--auth-tokens", T.token, "--allowed-tcp", "127.0.0.0/8", "--relay-url", url1,
-      "--relay-url", url2, "--relay-only" }, { env = T.env }), "tunnel server")
-    assert(srv:wait_output("Relay: http", 20, "stdout"), "server" .. logs())
-    local id = srv.stdout:match("EndpointId: (%S+)")
-    local lport = H.free_port()
-    local cli = track(H.start({ "client", "--server-node-id", id, "--relay-url", url1,
-      "--relay-url", url2, "--relay-only", "--auth-token", T.token, "--source",
-      "tcp://127.0.0.1:" .. eport, "--target", "127.0.0.1:" .. lport }, { env = T.env }),
-      "tunnel client")
-    assert(cli:wait_output("forwarding tcp ", 30), "client did not connect" .. logs())
+    local w = setup({ relays = 2, relay_only = true })
+    local r1, r2, url1, url2 = w.relays[1], w.relays[2], w.urls[1], w.urls[2]
+    local srv, cli, lport = w.srv, w.cli, w.lport
     for _, u in ipairs({ url1, url2 }) do
       assert(cli:wait_output("relay " .. u:gsub("%p", "%%%0") .. ": connected", 20),
         "relay not connected" .. logs())
@@ -219,13 +177,7 @@ describe("forwarding through a relay", function()
     end
     carrier:kill("sigstop")
     local t0 = os.time()
-    local p
-    H.wait_until(function()
-      p = tool({ "tcp-halfclose", "--port", lport, "--send", "around the silent relay",
-        "--timeout", 10 })
-      p:wait(15)
-      return p.stdout:find("RECV around the silent relay", 1, true) ~= nil
-    end, 25)
+    local p = send_until(lport, "around the silent relay", 10, 15, 25)
     carrier:kill("sigcont")
     assert.matches("RECV around the silent relay", p.stdout, 1, true)
     assert.matches("no answer to a ping", cli.stderr .. srv.stderr, 1, true)

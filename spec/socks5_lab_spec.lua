@@ -9,20 +9,16 @@
 local H = require "helper"
 local Lab = require "lab"
 
+local TITLE = "a client behind a SOCKS5 proxy in the NAT lab"
 local MiB = 1024 * 1024
-local TOOL = "spec/tools/netcheck.py"
 
-local available, why = Lab.available({ "python3", "danted", "mount" })
-if not available then
-  describe("a client behind a SOCKS5 proxy in the NAT lab", function()
-    pending("skipped: " .. why)
-  end)
+if not Lab.guard(TITLE, { "python3", "danted", "mount" }) then
   return
 end
 
 local SRV1 = Lab.SRV_IPS[1]
-local RELAY_PORT = 3340
-local URL = "http://" .. SRV1 .. ":" .. RELAY_PORT
+local RELAY_PORT = Lab.RELAY_PORT
+local URL = Lab.RELAY_URL
 -- Resolvable inside the proxy's process only (see start_dante); unknown to the client's host.
 local NAME = "relay.lab.test"
 local NAME_URL = "http://" .. NAME .. ":" .. RELAY_PORT
@@ -77,49 +73,33 @@ local function can_connect(lab, ns, host, port)
   return ok
 end
 
+-- A client in a (not waited for) with the relay `url`, --relay-only and `extra`, forwarding
+-- 127.0.0.1:lport to the echo service in b.
 local function client(lab, w, url, lport, extra)
-  local argv = { H.BIN, "client", "--server-node-id", w.id, "--relay-url", url, "--relay-only",
-    "--auth-token", w.token, "--source", "tcp://127.0.0.1:" .. w.eport,
-    "--target", "127.0.0.1:" .. lport }
+  local args = { "--relay-url", url, "--relay-only" }
   for _, a in ipairs(extra or {}) do
-    argv[#argv + 1] = a
+    args[#args + 1] = a
   end
-  return lab:spawn("a", argv, { env = w.env })
+  return lab:iroh_client(w, { args = args, port = lport, wait = false })
 end
 
-describe("a client behind a SOCKS5 proxy in the NAT lab", function()
+describe(TITLE, function()
   local lab, w
 
   lazy_setup(function()
     lab = Lab.new({ a = "cone", b = "cone" })
-    w = { env = { TUNNEL_LOG = false, XDG_RUNTIME_DIR = lab:tmpdir() } }
     -- The client's host may not talk TCP to the relay; everything else (its LAN, the proxy)
     -- stays open.
     lab:must("a", { "iptables", "-A", "OUTPUT", "-p", "tcp", "-d", SRV1, "--dport", RELAY_PORT,
       "-j", "REJECT", "--reject-with", "tcp-reset" })
-    w.dante = start_dante(lab)
-    w.relay = lab:spawn("srv", { H.BIN, "relay", "--listen", SRV1 .. ":" .. RELAY_PORT },
-      { env = w.env })
-    assert(w.relay:wait_output("relay listening", 20, "stdout"), "relay" .. lab:logs())
-    local key = lab:tmpdir() .. "/server.key"
-    assert(lab:exec("b", { H.BIN, "generate-server-key", "--output", key }))
-    local _, token = lab:exec("b", { H.BIN, "generate-token" })
-    w.token = token:gsub("%s+$", "")
-    local echo = lab:spawn("b", { "python3", TOOL, "tcp-echo", "--port", 0 })
-    assert(echo:wait_output("PORT %d+", 20, "stdout"), "echo" .. lab:logs())
-    w.eport = echo.stdout:match("PORT (%d+)")
-    w.srv = lab:spawn("b", { H.BIN, "server", "--listen", "0.0.0.0:0", "--secret-file", key,
-      "--auth-tokens", w.token, "--allowed-tcp", "127.0.0.0/8", "--relay-url", URL,
-      "--relay-only" }, { env = w.env })
-    assert(w.srv:wait_output("Relay: ", 20, "stdout"), "server" .. lab:logs())
-    w.id = w.srv.stdout:match("EndpointId: (%S+)")
+    local dante = start_dante(lab)
+    lab:start_relay()
+    w = lab:iroh_server({ args = { "--relay-url", URL, "--relay-only" } })
+    w.dante = dante
   end)
 
   lazy_teardown(function()
-    if lab then
-      lab:teardown()
-      assert.same({}, lab:leftovers())
-    end
+    assert.same({}, Lab.teardown_all())
   end)
 
   it("leaves the proxy as the only way from the client's host to the relay", function()
@@ -135,10 +115,7 @@ describe("a client behind a SOCKS5 proxy in the NAT lab", function()
     local cli = client(lab, w, NAME_URL, 7000, { "--socks5-proxy", w.dante.url })
     assert(cli:wait_output("forwarding tcp ", 30), "client" .. lab:logs())
     assert.matches("(relayed,", cli.stderr, 1, true)
-    local p = lab:spawn("a", { "python3", TOOL, "tcp-bulk", "--port", 7000, "--bytes", 5 * MiB,
-      "--timeout", 200 })
-    p:wait(210)
-    local sent, recv, bytes = p.stdout:match("SENT (%x+) RECV (%x+) BYTES (%d+)")
+    local sent, recv, bytes = lab:tcp_bulk("a", 7000, 5 * MiB)
     assert.equal(5 * MiB, tonumber(bytes), lab:logs())
     assert.equal(sent, recv, lab:logs())
     assert.is_nil(cli.stderr:find("path: relay -> direct", 1, true), lab:logs())

@@ -7,12 +7,7 @@ local cmd = require "tunnel.cmd.stun"
 
 --- A UDP port on 127.0.0.1 that nothing listens on right now.
 local function dead_port()
-  local u = uv.new_udp()
-  assert(u:bind("127.0.0.1", 0))
-  local port = u:getsockname().port
-  u:close()
-  uv.run("nowait")
-  return port
+  return H.free_port("udp")
 end
 
 local procs = {}

@@ -7,13 +7,9 @@ local Lab = require "lab"
 local uv = require "luv"
 
 local STUN = require("tunnel.cmd.stun")
-local TOOLS = { "turnserver", "stun", "turnutils_stunclient", "timeout" }
 
-local available, why = Lab.available(TOOLS)
-if not available then
-  describe("tunnel stun in the NAT lab", function()
-    pending("skipped: " .. why)
-  end)
+if not Lab.guard("tunnel stun in the NAT lab", { "turnserver", "stun", "turnutils_stunclient",
+  "timeout" }) then
   return
 end
 
@@ -80,10 +76,7 @@ for _, sc in ipairs(SCENARIOS) do
     end)
 
     lazy_teardown(function()
-      if lab then
-        lab:teardown()
-        assert.same({}, lab:leftovers())
-      end
+      assert.same({}, Lab.teardown_all())
     end)
 
     it("learns the same mapped address as Debian's stun client from coturn", function()
@@ -157,11 +150,7 @@ describe("tunnel stun on a LAN behind one cone NAT", function()
     lab:start_responder("b", { port = OURS })
   end)
 
-  lazy_teardown(function()
-    if lab then
-      lab:teardown()
-    end
-  end)
+  lazy_teardown(Lab.teardown_all)
 
   it("gives a and b the router's public address", function()
     for _, h in ipairs({ "a", "b" }) do

@@ -238,18 +238,7 @@ end
 
 local function stop_proc(p)
   live[p] = nil
-  if not p.done then
-    p:kill("sigterm")
-    H.wait_until(function()
-      return p.done
-    end, 5)
-    if not p.done then
-      p:kill("sigkill")
-      H.wait_until(function()
-        return p.done
-      end, 5)
-    end
-  end
+  H.stop(p)
   p:wait(5) -- collects the output and closes the handle
   return p.code, p.signal
 end
