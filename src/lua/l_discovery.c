@@ -19,12 +19,11 @@
  */
 #include "lua/modules.h"
 
+#include "lua/bind.h"
 #include "lua/opts.h"
 
 #include "discovery/client.h"
-#include "lua/state.h"
 #include "util/error.h"
-#include "util/log.h"
 #include "util/sockaddr.h"
 
 #include <lauxlib.h>
@@ -34,12 +33,9 @@
 #include <sys/time.h>
 
 #define CLIENT_MT "tunnel.discovery.client"
-#define ADDR_MAX  80
-
-struct lreq;
 
 struct dev {
-    struct dev *next;
+    struct tun_lua_qnode node;
     int cb_ref, is_resolve;
     int err, cached;
     long status;
@@ -53,49 +49,43 @@ struct dobj {
     lua_State *L;
     int self_ref;
     struct tun_disc_client *c;
-    uv_idle_t idle;
-    int idle_active, closed;
-    struct dev *head, *tail;
-    struct lreq *reqs; /* requests whose result has not come yet */
-    struct dobj *next, *prev;
+    struct tun_lua_queue q; /* of struct dev */
+    int closed;
+    struct tun_lua_link *reqs; /* requests whose result has not come yet (struct lreq) */
+    struct tun_lua_link link;
 };
 
 struct lreq {
     struct dobj *o;
     int cb_ref, is_resolve;
-    struct lreq *next, *prev;
+    struct tun_lua_link link;
 };
 
-static struct dobj *all_objs;
-static int closer_registered;
+static void live_close(struct tun_lua_link *n);
+static struct tun_lua_live live = {.close = live_close};
 
 /* ---- requests and events -------------------------------------------------------------------- */
 
-static void lreq_unlink(struct lreq *q)
+/* Forget request `q` and drop its callback (its result will not come). */
+static void req_free(lua_State *L, struct lreq *q)
 {
-    if (q->prev)
-        q->prev->next = q->next;
-    else if (q->o->reqs == q)
-        q->o->reqs = q->next;
-    if (q->next)
-        q->next->prev = q->prev;
+    tun_lua_link_remove(&q->o->reqs, &q->link);
+    luaL_unref(L, LUA_REGISTRYINDEX, q->cb_ref);
+    free(q);
 }
-
-static void deliver_cb(uv_idle_t *h);
 
 static void on_result(struct tun_disc_client *c, const struct tun_disc_result *r, void *ud)
 {
     (void)c;
     struct lreq *q = ud;
     struct dobj *o = q->o;
-    lreq_unlink(q);
     struct dev *e = calloc(1, sizeof(*e));
     if (!e) {
         /* Nothing to report with: the callback is lost, but its reference must not leak. */
-        luaL_unref(o->L, LUA_REGISTRYINDEX, q->cb_ref);
-        free(q);
+        req_free(o->L, q);
         return;
     }
+    tun_lua_link_remove(&o->reqs, &q->link);
     e->cb_ref = q->cb_ref;
     e->is_resolve = q->is_resolve;
     free(q);
@@ -108,21 +98,7 @@ static void on_result(struct tun_disc_client *c, const struct tun_disc_result *r
         e->rec = *r->record;
         e->timestamp = r->timestamp;
     }
-    if (o->tail)
-        o->tail->next = e;
-    else
-        o->head = e;
-    o->tail = e;
-    if (!o->idle_active) {
-        o->idle_active = 1;
-        uv_idle_start(&o->idle, deliver_cb);
-    }
-}
-
-static void push_addr(lua_State *L, const struct sockaddr *sa)
-{
-    char buf[ADDR_MAX];
-    lua_pushstring(L, tun_sockaddr_format(sa, buf, sizeof(buf)));
+    tun_lua_queue_push(&o->q, &e->node);
 }
 
 static void push_record(lua_State *L, const struct dev *e)
@@ -136,7 +112,7 @@ static void push_record(lua_State *L, const struct dev *e)
     lua_setfield(L, -2, "relays");
     lua_newtable(L);
     for (size_t i = 0; i < e->rec.n_addrs; i++) {
-        push_addr(L, (const struct sockaddr *)&e->rec.addrs[i]);
+        tun_lua_push_addr(L, (const struct sockaddr *)&e->rec.addrs[i]);
         lua_rawseti(L, -2, (int)i + 1);
     }
     lua_setfield(L, -2, "addrs");
@@ -148,50 +124,41 @@ static void push_record(lua_State *L, const struct dev *e)
     lua_setfield(L, -2, "cached");
 }
 
-static void ev_free(lua_State *L, struct dev *e)
+static void ev_free(void *owner, struct tun_lua_qnode *n)
 {
+    struct dobj *o = owner;
+    struct dev *e = TUN_LUA_CONTAINER(n, struct dev, node);
     if (e->cb_ref != LUA_NOREF)
-        luaL_unref(L, LUA_REGISTRYINDEX, e->cb_ref);
+        luaL_unref(o->L, LUA_REGISTRYINDEX, e->cb_ref);
     free(e->message);
     free(e);
 }
 
-static void deliver_cb(uv_idle_t *h)
+static void deliver(void *owner, struct tun_lua_qnode *n)
 {
-    struct dobj *o = h->data;
+    struct dobj *o = owner;
+    struct dev *e = TUN_LUA_CONTAINER(n, struct dev, node);
     lua_State *L = o->L;
-    struct dev *list = o->head;
-    o->head = o->tail = NULL;
-    uv_idle_stop(&o->idle);
-    o->idle_active = 0;
-    while (list) {
-        struct dev *e = list;
-        list = e->next;
-        if (!o->closed) {
-            lua_rawgeti(L, LUA_REGISTRYINDEX, e->cb_ref);
-            if (e->has_record)
-                push_record(L, e);
-            else if (e->is_resolve)
-                lua_pushnil(L);
-            else
-                lua_pushboolean(L, e->err == 0);
-            lua_pushstring(L, e->message ? e->message : "out of memory");
-            if (e->status)
-                lua_pushnumber(L, (lua_Number)e->status);
-            else
-                lua_pushnil(L);
-            if (e->err)
-                lua_pushstring(L, tun_err_name(e->err));
-            else
-                lua_pushnil(L);
-            if (tun_lua_pcall(L, 4, 0) != 0) {
-                if (!tun_lua_is_exit(L, -1))
-                    tun_log_error(LUA, "error in a discovery callback: %s", lua_tostring(L, -1));
-                lua_pop(L, 1);
-            }
-        }
-        ev_free(L, e);
+    if (!o->closed) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, e->cb_ref);
+        if (e->has_record)
+            push_record(L, e);
+        else if (e->is_resolve)
+            lua_pushnil(L);
+        else
+            lua_pushboolean(L, e->err == 0);
+        lua_pushstring(L, e->message ? e->message : "out of memory");
+        if (e->status)
+            lua_pushnumber(L, (lua_Number)e->status);
+        else
+            lua_pushnil(L);
+        if (e->err)
+            lua_pushstring(L, tun_err_name(e->err));
+        else
+            lua_pushnil(L);
+        tun_lua_call_handler(L, 4, "a discovery callback");
     }
+    ev_free(o, n);
 }
 
 /* ---- lifecycle ------------------------------------------------------------------------------ */
@@ -199,11 +166,7 @@ static void deliver_cb(uv_idle_t *h)
 static void idle_closed(uv_handle_t *h)
 {
     struct dobj *o = h->data;
-    while (o->head) {
-        struct dev *e = o->head;
-        o->head = e->next;
-        ev_free(o->L, e);
-    }
+    tun_lua_queue_clear(&o->q, ev_free);
     free(o);
 }
 
@@ -212,36 +175,17 @@ static void obj_close(struct dobj *o)
     if (o->closed)
         return;
     o->closed = 1;
-    if (o->prev)
-        o->prev->next = o->next;
-    else if (all_objs == o)
-        all_objs = o->next;
-    if (o->next)
-        o->next->prev = o->prev;
+    tun_lua_link_remove(&live.head, &o->link);
     tun_disc_client_close(o->c); /* no result comes after this */
-    lua_State *L = o->L;
-    while (o->reqs) {
-        struct lreq *q = o->reqs;
-        o->reqs = q->next;
-        luaL_unref(L, LUA_REGISTRYINDEX, q->cb_ref);
-        free(q);
-    }
-    lua_rawgeti(L, LUA_REGISTRYINDEX, o->self_ref);
-    struct dobj **p = lua_touserdata(L, -1);
-    if (p && *p == o)
-        *p = NULL;
-    lua_pop(L, 1);
-    luaL_unref(L, LUA_REGISTRYINDEX, o->self_ref);
-    o->self_ref = LUA_NOREF;
-    uv_idle_stop(&o->idle);
-    uv_close((uv_handle_t *)&o->idle, idle_closed);
+    while (o->reqs)
+        req_free(o->L, TUN_LUA_CONTAINER(o->reqs, struct lreq, link));
+    tun_lua_box_release(o->L, &o->self_ref, o);
+    tun_lua_queue_close(&o->q, idle_closed);
 }
 
-static void close_all(void *ud)
+static void live_close(struct tun_lua_link *n)
 {
-    (void)ud;
-    while (all_objs)
-        obj_close(all_objs);
+    obj_close(TUN_LUA_CONTAINER(n, struct dobj, link));
 }
 
 /* ---- options -------------------------------------------------------------------------------- */
@@ -345,24 +289,12 @@ static int l_client(lua_State *L)
         free(o);
         if (rc == TUN_EINVAL)
             return luaL_error(L, "option 'cache_min_ttl' must not exceed 'cache_max_ttl'");
-        lua_pushnil(L);
-        lua_pushfstring(L, "cannot create the discovery client: %s", tun_strerror(rc));
-        return 2;
+        return tun_lua_push_fail(L, rc, "cannot create the discovery client");
     }
     o->L = luv_state(L);
-    uv_idle_init(luv_loop(L), &o->idle);
-    o->idle.data = o;
-    struct dobj **p = lua_newuserdata(L, sizeof(*p));
-    *p = o;
-    luaL_getmetatable(L, CLIENT_MT);
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, -1);
-    o->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    o->next = all_objs;
-    if (all_objs)
-        all_objs->prev = o;
-    all_objs = o;
-    tun_lua_add_closer_once(&closer_registered, close_all);
+    tun_lua_queue_init(luv_loop(L), &o->q, o, deliver);
+    o->self_ref = tun_lua_box_new(L, CLIENT_MT, o);
+    tun_lua_live_add(&live, &o->link);
     return 1;
 }
 
@@ -383,26 +315,19 @@ static struct lreq *new_req(lua_State *L, struct dobj *o, int cb_idx)
     q->o = o;
     lua_pushvalue(L, cb_idx);
     q->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    q->next = o->reqs;
-    if (o->reqs)
-        o->reqs->prev = q;
-    o->reqs = q;
+    tun_lua_link_push(&o->reqs, &q->link);
     return q;
 }
 
 static int req_failed(lua_State *L, struct lreq *q, int rc, const char *url)
 {
-    lreq_unlink(q);
-    luaL_unref(L, LUA_REGISTRYINDEX, q->cb_ref);
-    free(q);
+    req_free(L, q);
     if (rc == TUN_EINVAL)
         return luaL_error(L,
                           "discovery URL must start with http:// or https:// and name a host "
                           "(e.g. http://relay.example:3340/pkarr), got '%s'",
                           url);
-    lua_pushnil(L);
-    lua_pushstring(L, tun_strerror(rc));
-    return 2;
+    return tun_lua_push_error(L, rc);
 }
 
 static int l_publish(lua_State *L)
@@ -418,16 +343,12 @@ static int l_publish(lua_State *L)
     struct lreq *q = new_req(L, o, 6);
     int rc = tun_disc_publish(o->c, url, secret, &r, (uint64_t)ts, on_result, q);
     if (rc == TUN_EINVAL && (!strncmp(url, "http://", 7) || !strncmp(url, "https://", 8))) {
-        lreq_unlink(q);
-        luaL_unref(L, LUA_REGISTRYINDEX, q->cb_ref);
-        free(q);
+        req_free(L, q);
         return luaL_error(L, "the record cannot be published: relay URLs must be http:// or "
                              "https:// without spaces, addresses need a port");
     }
     if (rc == TUN_ETOOBIG) {
-        lreq_unlink(q);
-        luaL_unref(L, LUA_REGISTRYINDEX, q->cb_ref);
-        free(q);
+        req_free(L, q);
         lua_pushnil(L);
         lua_pushstring(L, "the record is larger than 1000 bytes: publish fewer addresses");
         return 2;
@@ -528,11 +449,8 @@ static int l_sign(lua_State *L)
         return luaL_argerror(L, 3, "a timestamp in microseconds");
     uint8_t pkt[TUN_PKARR_MAX_PACKET];
     int n = tun_pkarr_publish(pkt, sizeof(pkt), secret, (uint64_t)ts, &r);
-    if (n < 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "cannot sign the record: %s", tun_strerror(n));
-        return 2;
-    }
+    if (n < 0)
+        return tun_lua_push_fail(L, n, "cannot sign the record");
     lua_pushlstring(L, (const char *)pkt, (size_t)n);
     return 1;
 }
@@ -552,11 +470,8 @@ static int l_open(lua_State *L)
     memset(&e, 0, sizeof(e));
     int rc = tun_pkarr_read_payload(&e.rec, &e.timestamp, pkt, pkt + TUN_PKARR_KEY_LEN,
                                     len - TUN_PKARR_KEY_LEN);
-    if (rc != 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "not a valid signed record: %s", tun_strerror(rc));
-        return 2;
-    }
+    if (rc != 0)
+        return tun_lua_push_fail(L, rc, "not a valid signed record");
     lua_pushlstring(L, (const char *)pkt, TUN_PKARR_KEY_LEN);
     push_record(L, &e);
     return 2;

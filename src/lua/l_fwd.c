@@ -11,9 +11,9 @@
 #include "fwd/server.h"
 #include "iroh/holepunch.h"
 #include "iroh/relaypath.h"
+#include "lua/bind.h"
 #include "lua/l_shared.h"
 #include "lua/opts.h"
-#include "lua/state.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "util/sockaddr.h"
@@ -21,6 +21,7 @@
 #include <lauxlib.h>
 #include <sodium.h>
 #include <luv/luv.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,7 +53,7 @@ static const char *const ev_names[] = {
 _Static_assert(sizeof(ev_names) / sizeof(ev_names[0]) == EV_ADDRS + 1, "ev_names");
 
 struct lev {
-    struct lev *next;
+    struct tun_lua_qnode node;
     enum ev_type type;
     uint64_t session;
     int64_t stream;
@@ -70,9 +71,7 @@ struct lobj {
     int is_server;
     lua_State *L;
     int self_ref, cb_ref;
-    uv_idle_t idle;
-    int idle_active;
-    struct lev *head, *tail;
+    struct tun_lua_queue q; /* of struct lev */
     struct tun_fwd_server *srv;
     struct tun_fwd_client *cli;
     struct tun_relaypath *rp; /* QUIC through a relay, when relay() was called */
@@ -80,17 +79,15 @@ struct lobj {
     uint8_t peer_key[32];     /* client: the server dialled through the relay */
     int dialled_key;
     int closing, closed;
-    struct lobj *next, *prev;
+    struct tun_lua_link link;
 };
 
 void (*tun_lua_endpoint_closing)(struct tun_qep *ep);
 
-static struct lobj *all_objs;
-static int closer_registered;
+static void live_close(struct tun_lua_link *n);
+static struct tun_lua_live live = {.close = live_close};
 
 /* ---- event queue -------------------------------------------------------------------------- */
-
-static void deliver_cb(uv_idle_t *h);
 
 static struct lev *ev_new(struct lobj *o, enum ev_type type)
 {
@@ -98,15 +95,7 @@ static struct lev *ev_new(struct lobj *o, enum ev_type type)
     if (!e)
         return NULL;
     e->type = type;
-    if (o->tail)
-        o->tail->next = e;
-    else
-        o->head = e;
-    o->tail = e;
-    if (!o->idle_active && !o->closed) {
-        o->idle_active = 1;
-        uv_idle_start(&o->idle, deliver_cb);
-    }
+    tun_lua_queue_push(&o->q, &e->node);
     return e;
 }
 
@@ -120,24 +109,16 @@ static void ev_text(struct lev *e, const void *p, size_t n)
     e->textlen = n;
 }
 
-static void ev_free(struct lev *e)
+static void ev_free(void *owner, struct tun_lua_qnode *n)
 {
+    (void)owner;
+    struct lev *e = TUN_LUA_CONTAINER(n, struct lev, node);
     if (e->text) {
         /* May hold a token. */
         memset(e->text, 0, e->textlen);
         free(e->text);
     }
     free(e);
-}
-
-static void push_addr(lua_State *L, const struct sockaddr *sa)
-{
-    if (sa->sa_family != AF_INET && sa->sa_family != AF_INET6) {
-        lua_pushnil(L);
-        return;
-    }
-    char buf[80];
-    lua_pushstring(L, tun_sockaddr_format(sa, buf, sizeof(buf)));
 }
 
 static void push_why(lua_State *L, const struct tun_qclose_info *why)
@@ -189,10 +170,8 @@ static void push_event(lua_State *L, struct lev *e)
         lua_setfield(L, -2, "proto");
         lua_pushstring(L, e->chan.target);
         lua_setfield(L, -2, "target");
-        lua_pushnumber(L, (lua_Number)e->chan.up);
-        lua_setfield(L, -2, "up");
-        lua_pushnumber(L, (lua_Number)e->chan.down);
-        lua_setfield(L, -2, "down");
+        TUN_LUA_SET_NUMBER(L, e->chan, up);
+        TUN_LUA_SET_NUMBER(L, e->chan, down);
         lua_pushboolean(L, e->chan.reset);
         lua_setfield(L, -2, "reset");
         break;
@@ -202,10 +181,7 @@ static void push_event(lua_State *L, struct lev *e)
         lua_setfield(L, -2, "why");
         break;
     case EV_PATH:
-        if (e->addr.ss_family)
-            push_addr(L, (struct sockaddr *)&e->addr);
-        else
-            lua_pushnil(L);
+        tun_lua_push_addr(L, (struct sockaddr *)&e->addr); /* nil for the relay */
         lua_setfield(L, -2, "direct");
         lua_pushnumber(L, (lua_Number)e->rtt_us / 1000.0);
         lua_setfield(L, -2, "rtt_ms");
@@ -238,30 +214,18 @@ static void push_event(lua_State *L, struct lev *e)
     }
 }
 
-static void deliver_cb(uv_idle_t *h)
+static void deliver(void *owner, struct tun_lua_qnode *n)
 {
-    struct lobj *o = h->data;
-    lua_State *L = o->L;
-    /* Deliver what is queued now; events queued by the handlers wait for the next round. */
-    struct lev *list = o->head;
-    o->head = o->tail = NULL;
-    uv_idle_stop(&o->idle);
-    o->idle_active = 0;
-    while (list) {
-        struct lev *e = list;
-        list = e->next;
-        if (!o->closed && o->cb_ref != LUA_NOREF) {
-            lua_rawgeti(L, LUA_REGISTRYINDEX, o->cb_ref);
-            push_event(L, e);
-            if (tun_lua_pcall(L, 1, 0) != 0) {
-                if (!tun_lua_is_exit(L, -1))
-                    tun_log_error(LUA, "error in %s event handler: %s", ev_names[e->type],
-                                  lua_tostring(L, -1));
-                lua_pop(L, 1);
-            }
-        }
-        ev_free(e);
+    struct lobj *o = owner;
+    struct lev *e = TUN_LUA_CONTAINER(n, struct lev, node);
+    if (!o->closed && o->cb_ref != LUA_NOREF) {
+        lua_rawgeti(o->L, LUA_REGISTRYINDEX, o->cb_ref);
+        push_event(o->L, e);
+        char what[64];
+        snprintf(what, sizeof(what), "%s event handler", ev_names[e->type]);
+        tun_lua_call_handler(o->L, 1, what);
     }
+    ev_free(o, n);
 }
 
 /* ---- C callbacks -> events ------------------------------------------------------------------ */
@@ -285,32 +249,34 @@ static void s_on_auth(struct tun_fwd_server *srv, uint64_t session, const uint8_
     ev_text(e, token, len);
 }
 
-static void s_on_request(struct tun_fwd_server *srv, const struct tun_fwd_request *req, void *ud)
+/* An event about stream request `req`. */
+static struct lev *ev_request(struct lobj *o, enum ev_type type, const struct tun_fwd_request *req)
 {
-    (void)srv;
-    struct lev *e = ev_new(ud, EV_REQUEST);
+    struct lev *e = ev_new(o, type);
     if (!e)
-        return;
+        return NULL;
     e->session = req->session;
     e->stream = req->stream;
     e->udp = req->udp;
     e->port = req->port;
     ev_text(e, req->host, strlen(req->host));
+    return e;
+}
+
+static void s_on_request(struct tun_fwd_server *srv, const struct tun_fwd_request *req, void *ud)
+{
+    (void)srv;
+    ev_request(ud, EV_REQUEST, req);
 }
 
 static void s_on_refused(struct tun_fwd_server *srv, const struct tun_fwd_request *req, int code,
                          const char *reason, void *ud)
 {
     (void)srv;
-    struct lev *e = ev_new(ud, EV_REFUSED);
+    struct lev *e = ev_request(ud, EV_REFUSED, req);
     if (!e)
         return;
-    e->session = req->session;
-    e->stream = req->stream;
-    e->udp = req->udp;
-    e->port = req->port;
     e->code = code;
-    ev_text(e, req->host, strlen(req->host));
     snprintf(e->why.reason, sizeof(e->why.reason), "%s", reason ? reason : "");
 }
 
@@ -384,18 +350,8 @@ static void c_on_closed(struct tun_fwd_client *c, const struct tun_qclose_info *
 static void obj_freed(uv_handle_t *h)
 {
     struct lobj *o = h->data;
-    while (o->head) {
-        struct lev *e = o->head;
-        o->head = e->next;
-        ev_free(e);
-    }
+    tun_lua_queue_clear(&o->q, ev_free);
     free(o);
-}
-
-static void inner_closed(void *ud)
-{
-    struct lobj *o = ud;
-    uv_close((uv_handle_t *)&o->idle, obj_freed);
 }
 
 /* Close the C object; every handle is closing when this returns (the host relies on it). */
@@ -404,12 +360,7 @@ static void obj_close(struct lobj *o)
     if (o->closing)
         return;
     o->closing = 1;
-    if (o->prev)
-        o->prev->next = o->next;
-    else
-        all_objs = o->next;
-    if (o->next)
-        o->next->prev = o->prev;
+    tun_lua_link_remove(&live.head, &o->link);
     /* The relay path and ICE sessions on this endpoint's socket stop using it first. */
     if (o->hp) {
         tun_holepunch_free(o->hp);
@@ -427,25 +378,16 @@ static void obj_close(struct lobj *o)
     else
         tun_fwd_client_close(o->cli, NULL, NULL);
     o->closed = 1;
-    lua_State *L = o->L;
     /* The Lua object outlives the C one (it is freed after its handles close): forget it. */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, o->self_ref);
-    struct lobj **p = lua_touserdata(L, -1);
-    if (p && *p == o)
-        *p = NULL;
-    lua_pop(L, 1);
-    luaL_unref(L, LUA_REGISTRYINDEX, o->cb_ref);
-    luaL_unref(L, LUA_REGISTRYINDEX, o->self_ref);
-    o->cb_ref = o->self_ref = LUA_NOREF;
-    uv_idle_stop(&o->idle);
-    inner_closed(o);
+    tun_lua_box_release(o->L, &o->self_ref, o);
+    luaL_unref(o->L, LUA_REGISTRYINDEX, o->cb_ref);
+    o->cb_ref = LUA_NOREF;
+    tun_lua_queue_close(&o->q, obj_freed);
 }
 
-static void close_all(void *ud)
+static void live_close(struct tun_lua_link *n)
 {
-    (void)ud;
-    while (all_objs)
-        obj_close(all_objs);
+    obj_close(TUN_LUA_CONTAINER(n, struct lobj, link));
 }
 
 static struct lobj **check_obj(lua_State *L, int idx, const char *mt)
@@ -467,39 +409,64 @@ static struct lobj *new_obj(lua_State *L, int is_server, int opts)
         luaL_error(L, "out of memory");
     o->is_server = is_server;
     o->L = luv_state(L);
-    uv_idle_init(luv_loop(L), &o->idle);
-    o->idle.data = o;
+    tun_lua_queue_init(luv_loop(L), &o->q, o, deliver);
     lua_pushvalue(L, cb_idx);
     o->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    struct lobj **p = lua_newuserdata(L, sizeof(*p));
-    *p = o;
-    luaL_getmetatable(L, is_server ? SERVER_MT : CLIENT_MT);
-    lua_setmetatable(L, -2);
     /* While open, the object is anchored: a forgotten variable must not stop a server. */
-    lua_pushvalue(L, -1);
-    o->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    o->next = all_objs;
-    if (all_objs)
-        all_objs->prev = o;
-    all_objs = o;
-    tun_lua_add_closer_once(&closer_registered, close_all);
+    o->self_ref = tun_lua_box_new(L, is_server ? SERVER_MT : CLIENT_MT, o);
+    tun_lua_live_add(&live, &o->link);
     return o;
 }
 
 static void discard_obj(lua_State *L, struct lobj *o)
 {
     /* Construction failed after new_obj: undo without touching a C object. */
-    if (o->prev)
-        o->prev->next = o->next;
-    else
-        all_objs = o->next;
-    if (o->next)
-        o->next->prev = o->prev;
+    tun_lua_link_remove(&live.head, &o->link);
     luaL_unref(L, LUA_REGISTRYINDEX, o->cb_ref);
-    luaL_unref(L, LUA_REGISTRYINDEX, o->self_ref);
-    struct lobj **p = lua_touserdata(L, -1);
-    *p = NULL;
-    uv_close((uv_handle_t *)&o->idle, obj_freed);
+    tun_lua_box_release(L, &o->self_ref, o);
+    tun_lua_queue_close(&o->q, obj_freed);
+}
+
+/* ---- results -------------------------------------------------------------------------------- */
+
+/* ip, port: the two results of the address methods. */
+static int push_addr_port(lua_State *L, const struct sockaddr_storage *ss)
+{
+    tun_lua_push_addr(L, (const struct sockaddr *)ss);
+    lua_pushinteger(L, tun_sockaddr_port((const struct sockaddr *)ss));
+    return 2;
+}
+
+/* The results of a call that returned rc: true, or nil and "<what>: <why>" (what: `fmt`
+ * formatted). */
+static int push_done(lua_State *L, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int push_done(lua_State *L, int rc, const char *fmt, ...)
+{
+    if (rc == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    tun_lua_push_failv(L, rc, fmt, ap);
+    va_end(ap);
+    return 2;
+}
+
+/* nil, "<what>: <why>" and the error's name (such as "EADDRINUSE"). */
+static int push_fail_named(lua_State *L, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int push_fail_named(lua_State *L, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    tun_lua_push_failv(L, rc, fmt, ap);
+    va_end(ap);
+    lua_pushstring(L, tun_err_name(rc));
+    return 3;
 }
 
 /* ---- option helpers ------------------------------------------------------------------------- */
@@ -606,10 +573,7 @@ static int l_fwd_server(lua_State *L)
     memset(secret, 0, sizeof(secret));
     if (rc != 0) {
         discard_obj(L, o);
-        lua_pushnil(L);
-        lua_pushfstring(L, "cannot listen on %s port %d: %s", ip, port, tun_strerror(rc));
-        lua_pushstring(L, tun_err_name(rc));
-        return 3;
+        return push_fail_named(L, rc, "cannot listen on %s port %d", ip, port);
     }
     return 1;
 }
@@ -619,9 +583,7 @@ static int l_server_local_addr(lua_State *L)
     struct lobj *o = *check_obj(L, 1, SERVER_MT);
     struct sockaddr_storage ss;
     tun_fwd_server_local_addr(o->srv, &ss);
-    push_addr(L, (struct sockaddr *)&ss);
-    lua_pushinteger(L, tun_sockaddr_port((struct sockaddr *)&ss));
-    return 2;
+    return push_addr_port(L, &ss);
 }
 
 static uint64_t check_id(lua_State *L, int idx)
@@ -695,20 +657,14 @@ static void push_quic_stats(lua_State *L, const struct tun_qconn_stats *st)
     lua_setfield(L, -2, "rtt_ms");
     lua_pushnumber(L, (lua_Number)st->min_rtt_us / 1000.0);
     lua_setfield(L, -2, "min_rtt_ms");
-    lua_pushnumber(L, (lua_Number)st->cwnd);
-    lua_setfield(L, -2, "cwnd");
+    TUN_LUA_SET_NUMBER(L, *st, cwnd);
     lua_pushnumber(L, (lua_Number)st->bytes_in_flight);
     lua_setfield(L, -2, "in_flight");
-    lua_pushnumber(L, (lua_Number)st->tx_bytes);
-    lua_setfield(L, -2, "tx_bytes");
-    lua_pushnumber(L, (lua_Number)st->rx_bytes);
-    lua_setfield(L, -2, "rx_bytes");
-    lua_pushnumber(L, (lua_Number)st->tx_packets);
-    lua_setfield(L, -2, "tx_packets");
-    lua_pushnumber(L, (lua_Number)st->rx_packets);
-    lua_setfield(L, -2, "rx_packets");
-    lua_pushnumber(L, (lua_Number)st->datagrams_dropped);
-    lua_setfield(L, -2, "datagrams_dropped");
+    TUN_LUA_SET_NUMBER(L, *st, tx_bytes);
+    TUN_LUA_SET_NUMBER(L, *st, rx_bytes);
+    TUN_LUA_SET_NUMBER(L, *st, tx_packets);
+    TUN_LUA_SET_NUMBER(L, *st, rx_packets);
+    TUN_LUA_SET_NUMBER(L, *st, datagrams_dropped);
     lua_pushinteger(L, st->streams);
     lua_setfield(L, -2, "streams");
     lua_pushstring(L, st->cipher);
@@ -729,14 +685,12 @@ static int push_session(lua_State *L, struct lobj *o, uint64_t id)
         lua_pushlstring(L, (const char *)info.peer_key, 32);
         lua_setfield(L, -2, "peer_key");
     }
-    push_addr(L, (struct sockaddr *)&info.remote);
+    tun_lua_push_addr(L, (struct sockaddr *)&info.remote);
     lua_setfield(L, -2, "remote");
     lua_pushinteger(L, info.chans);
     lua_setfield(L, -2, "streams");
-    lua_pushnumber(L, (lua_Number)info.up);
-    lua_setfield(L, -2, "up");
-    lua_pushnumber(L, (lua_Number)info.down);
-    lua_setfield(L, -2, "down");
+    TUN_LUA_SET_NUMBER(L, info, up);
+    TUN_LUA_SET_NUMBER(L, info, down);
     push_quic_stats(L, &info.quic);
     lua_setfield(L, -2, "quic");
     return 1;
@@ -831,10 +785,7 @@ static int l_fwd_client(lua_State *L)
     memset(secret, 0, sizeof(secret));
     if (rc != 0) {
         discard_obj(L, o);
-        lua_pushnil(L);
-        lua_pushfstring(L, "cannot start the client: %s", tun_strerror(rc));
-        lua_pushstring(L, tun_err_name(rc));
-        return 3;
+        return push_fail_named(L, rc, "cannot start the client");
     }
     return 1;
 }
@@ -881,8 +832,8 @@ static void hp_on_addrs(struct tun_holepunch *hp, void *ud)
     (void)hp;
     struct lobj *o = ud;
     /* One queued event says it all: Lua reads the current list with local_addrs(). */
-    for (struct lev *e = o->head; e; e = e->next)
-        if (e->type == EV_ADDRS)
+    for (struct tun_lua_qnode *n = o->q.head; n; n = n->next)
+        if (TUN_LUA_CONTAINER(n, struct lev, node)->type == EV_ADDRS)
             return;
     ev_new(o, EV_ADDRS);
 }
@@ -1006,18 +957,12 @@ static int l_obj_relay_stats(lua_State *L)
         lua_setfield(L, -2, "state");
         lua_pushnumber(L, (lua_Number)st.rtt_us / 1000.0);
         lua_setfield(L, -2, "rtt_ms");
-        lua_pushnumber(L, (lua_Number)st.tx_datagrams);
-        lua_setfield(L, -2, "tx_datagrams");
-        lua_pushnumber(L, (lua_Number)st.rx_datagrams);
-        lua_setfield(L, -2, "rx_datagrams");
-        lua_pushnumber(L, (lua_Number)st.tx_bytes);
-        lua_setfield(L, -2, "tx_bytes");
-        lua_pushnumber(L, (lua_Number)st.rx_bytes);
-        lua_setfield(L, -2, "rx_bytes");
-        lua_pushnumber(L, (lua_Number)st.connects);
-        lua_setfield(L, -2, "connects");
-        lua_pushnumber(L, (lua_Number)st.failures);
-        lua_setfield(L, -2, "failures");
+        TUN_LUA_SET_NUMBER(L, st, tx_datagrams);
+        TUN_LUA_SET_NUMBER(L, st, rx_datagrams);
+        TUN_LUA_SET_NUMBER(L, st, tx_bytes);
+        TUN_LUA_SET_NUMBER(L, st, rx_bytes);
+        TUN_LUA_SET_NUMBER(L, st, connects);
+        TUN_LUA_SET_NUMBER(L, st, failures);
         if (st.last_error[0]) {
             lua_pushstring(L, st.last_error);
             lua_setfield(L, -2, "error");
@@ -1043,7 +988,7 @@ static int l_obj_local_addrs(lua_State *L)
         n = TUN_HOLEPUNCH_MAX_ADDRS;
     lua_createtable(L, (int)n, 0);
     for (size_t i = 0; i < n; i++) {
-        push_addr(L, (struct sockaddr *)&list[i]);
+        tun_lua_push_addr(L, (struct sockaddr *)&list[i]);
         lua_rawseti(L, -2, (int)i + 1);
     }
     return 1;
@@ -1066,13 +1011,7 @@ static int l_client_connect_key(lua_State *L)
     if (rc == 0)
         rc = tun_fwd_client_connect_via(o->cli, (struct sockaddr *)&local,
                                         (struct sockaddr *)&remote, (const uint8_t *)key);
-    if (rc != 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "cannot connect through the relay: %s", tun_strerror(rc));
-        return 2;
-    }
-    lua_pushboolean(L, 1);
-    return 1;
+    return push_done(L, rc, "cannot connect through the relay");
 }
 
 /* connect(ip, port, server_key) -> true | nil, err */
@@ -1088,13 +1027,7 @@ static int l_client_connect(lua_State *L)
     struct sockaddr_storage ss;
     parse_addr(L, ip, port, &ss);
     int rc = tun_fwd_client_connect(o->cli, (struct sockaddr *)&ss, (const uint8_t *)key);
-    if (rc != 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "cannot connect to %s port %d: %s", ip, port, tun_strerror(rc));
-        return 2;
-    }
-    lua_pushboolean(L, 1);
-    return 1;
+    return push_done(L, rc, "cannot connect to %s port %d", ip, port);
 }
 
 /* rebind() -> true | nil, err: a deferred client that has not dialled moves to a fresh UDP
@@ -1103,13 +1036,7 @@ static int l_client_rebind(lua_State *L)
 {
     struct lobj *o = *check_obj(L, 1, CLIENT_MT);
     int rc = tun_qep_rebind(tun_fwd_client_endpoint(o->cli));
-    if (rc != 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "cannot move to a new UDP socket: %s", tun_strerror(rc));
-        return 2;
-    }
-    lua_pushboolean(L, 1);
-    return 1;
+    return push_done(L, rc, "cannot move to a new UDP socket");
 }
 
 /* endpoint_addr() -> ip, port of the QUIC socket */
@@ -1118,9 +1045,7 @@ static int l_client_endpoint_addr(lua_State *L)
     struct lobj *o = *check_obj(L, 1, CLIENT_MT);
     struct sockaddr_storage ss;
     tun_qep_local_addr(tun_fwd_client_endpoint(o->cli), &ss);
-    push_addr(L, (struct sockaddr *)&ss);
-    lua_pushinteger(L, tun_sockaddr_port((struct sockaddr *)&ss));
-    return 2;
+    return push_addr_port(L, &ss);
 }
 
 struct tun_qep *tun_lua_fwd_endpoint(lua_State *L, int idx)
@@ -1144,12 +1069,8 @@ static int l_client_add(lua_State *L)
     struct sockaddr_storage ss;
     parse_addr(L, ip, port, &ss);
     int rc = tun_fwd_client_add(o->cli, (struct sockaddr *)&ss, source);
-    if (rc < 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "cannot listen on %s port %d: %s", ip, port, tun_strerror(rc));
-        lua_pushstring(L, tun_err_name(rc));
-        return 3;
-    }
+    if (rc < 0)
+        return push_fail_named(L, rc, "cannot listen on %s port %d", ip, port);
     lua_pushinteger(L, rc + 1);
     return 1;
 }
@@ -1160,9 +1081,7 @@ static int l_client_listen_addr(lua_State *L)
     struct sockaddr_storage ss;
     if (tun_fwd_client_listen_addr(o->cli, (int)luaL_checkinteger(L, 2) - 1, &ss) != 0)
         return 0;
-    push_addr(L, (struct sockaddr *)&ss);
-    lua_pushinteger(L, tun_sockaddr_port((struct sockaddr *)&ss));
-    return 2;
+    return push_addr_port(L, &ss);
 }
 
 static int l_client_stats(lua_State *L)
@@ -1175,7 +1094,7 @@ static int l_client_stats(lua_State *L)
         return 1;
     }
     push_quic_stats(L, &st);
-    push_addr(L, (struct sockaddr *)&remote);
+    tun_lua_push_addr(L, (struct sockaddr *)&remote);
     lua_setfield(L, -2, "remote");
     lua_pushboolean(L, tun_fwd_client_ready(o->cli));
     lua_setfield(L, -2, "ready");

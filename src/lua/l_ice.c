@@ -11,9 +11,9 @@
 #include "lua/modules.h"
 
 #include "ice/agent.h"
+#include "lua/bind.h"
 #include "lua/l_shared.h"
 #include "lua/opts.h"
-#include "lua/state.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "util/sockaddr.h"
@@ -26,7 +26,7 @@
 #define ICE_MT "tunnel.ice"
 
 struct qev {
-    struct qev *next;
+    struct tun_lua_qnode node;
     struct tun_ice_event ev;
 };
 
@@ -36,16 +36,16 @@ struct lice {
     struct tun_ice_agent *agent;
     struct tun_qep *ep; /* NULL once the endpoint closed */
     uv_timer_t timer;
-    uv_idle_t idle;
-    int idle_active;
+    struct tun_lua_queue q; /* of struct qev */
     int pending_handles;
-    struct qev *head, *tail;
     int closing;
-    struct lice *next, *prev;
+    struct tun_lua_link link;
 };
 
-static struct lice *all_ice;
-static int closer_registered;
+static void live_close(struct tun_lua_link *n);
+static struct tun_lua_live live = {.close = live_close};
+
+#define LICE(n) TUN_LUA_CONTAINER(n, struct lice, link)
 
 static void pump(struct lice *s);
 
@@ -56,7 +56,8 @@ static void ep_input(void *ud, const struct sockaddr *local, const struct sockad
 {
     (void)local;
     struct tun_qep *ep = ud;
-    for (struct lice *s = all_ice; s; s = s->next) {
+    for (struct tun_lua_link *n = live.head; n; n = n->next) {
+        struct lice *s = LICE(n);
         if (s->ep != ep || s->closing)
             continue;
         int rc = tun_ice_agent_input(s->agent, from, data, len, uv_now(s->timer.loop));
@@ -79,22 +80,20 @@ static void ep_attach(struct tun_qep *ep)
 
 static void ep_detach_if_unused(struct tun_qep *ep)
 {
-    for (struct lice *s = all_ice; s; s = s->next)
-        if (s->ep == ep && !s->closing)
+    for (struct tun_lua_link *n = live.head; n; n = n->next)
+        if (LICE(n)->ep == ep && !LICE(n)->closing)
             return;
     tun_qep_set_other_handler(ep, NULL, NULL);
 }
 
 static void endpoint_closing(struct tun_qep *ep)
 {
-    for (struct lice *s = all_ice; s; s = s->next)
-        if (s->ep == ep)
-            s->ep = NULL;
+    for (struct tun_lua_link *n = live.head; n; n = n->next)
+        if (LICE(n)->ep == ep)
+            LICE(n)->ep = NULL;
 }
 
 /* ---- driver --------------------------------------------------------------------------------- */
-
-static void deliver_cb(uv_idle_t *h);
 
 static void timer_cb(uv_timer_t *t)
 {
@@ -131,16 +130,7 @@ static void pump(struct lice *s)
         if (!q)
             break;
         q->ev = ev;
-        q->next = NULL;
-        if (s->tail)
-            s->tail->next = q;
-        else
-            s->head = q;
-        s->tail = q;
-    }
-    if (s->head && !s->idle_active) {
-        s->idle_active = 1;
-        uv_idle_start(&s->idle, deliver_cb);
+        tun_lua_queue_push(&s->q, &q->node);
     }
     int64_t t = tun_ice_agent_timeout(s->agent, now);
     if (t < 0)
@@ -152,12 +142,10 @@ static void pump(struct lice *s)
 /* ---- events to Lua ----------------------------------------------------------------------------
  */
 
-static void push_addr(lua_State *L, const struct sockaddr_storage *ss, const char *field)
+/* t[field] = "ip:port" when ss is set (the table is new: nil leaves the field out). */
+static void set_addr(lua_State *L, const struct sockaddr_storage *ss, const char *field)
 {
-    if (ss->ss_family != AF_INET && ss->ss_family != AF_INET6)
-        return;
-    char buf[80];
-    lua_pushstring(L, tun_sockaddr_format((const struct sockaddr *)ss, buf, sizeof(buf)));
+    tun_lua_push_addr(L, (const struct sockaddr *)ss);
     lua_setfield(L, -2, field);
 }
 
@@ -176,13 +164,13 @@ static void push_ip_port(lua_State *L, const struct sockaddr_storage *ss)
 
 static void push_pair(lua_State *L, const struct tun_ice_pair_info *p)
 {
-    push_addr(L, &p->remote.addr, "remote");
+    set_addr(L, &p->remote.addr, "remote");
     push_ip_port(L, &p->remote.addr);
     lua_pushstring(L, tun_ice_cand_type_name(p->remote.type));
     lua_setfield(L, -2, "remote_type");
     lua_pushstring(L, tun_ice_cand_type_name(p->local_type));
     lua_setfield(L, -2, "local_type");
-    push_addr(L, &p->seen, "seen");
+    set_addr(L, &p->seen, "seen");
     lua_pushnumber(L, (lua_Number)p->rtt_ms);
     lua_setfield(L, -2, "rtt_ms");
 }
@@ -229,28 +217,22 @@ static void push_event(lua_State *L, const struct tun_ice_event *ev)
     }
 }
 
-static void deliver_cb(uv_idle_t *h)
+static void ev_free(void *owner, struct tun_lua_qnode *n)
 {
-    struct lice *s = h->data;
-    lua_State *L = s->L;
-    struct qev *list = s->head;
-    s->head = s->tail = NULL;
-    uv_idle_stop(&s->idle);
-    s->idle_active = 0;
-    while (list) {
-        struct qev *q = list;
-        list = q->next;
-        if (!s->closing && s->cb_ref != LUA_NOREF) {
-            lua_rawgeti(L, LUA_REGISTRYINDEX, s->cb_ref);
-            push_event(L, &q->ev);
-            if (tun_lua_pcall(L, 1, 0) != 0) {
-                if (!tun_lua_is_exit(L, -1))
-                    tun_log_error(LUA, "error in an ICE event handler: %s", lua_tostring(L, -1));
-                lua_pop(L, 1);
-            }
-        }
-        free(q);
+    (void)owner;
+    free(TUN_LUA_CONTAINER(n, struct qev, node));
+}
+
+static void deliver(void *owner, struct tun_lua_qnode *n)
+{
+    struct lice *s = owner;
+    struct qev *q = TUN_LUA_CONTAINER(n, struct qev, node);
+    if (!s->closing && s->cb_ref != LUA_NOREF) {
+        lua_rawgeti(s->L, LUA_REGISTRYINDEX, s->cb_ref);
+        push_event(s->L, &q->ev);
+        tun_lua_call_handler(s->L, 1, "an ICE event handler");
     }
+    ev_free(s, n);
 }
 
 /* ---- lifecycle --------------------------------------------------------------------------------
@@ -261,11 +243,7 @@ static void handle_closed(uv_handle_t *h)
     struct lice *s = h->data;
     if (--s->pending_handles > 0)
         return;
-    while (s->head) {
-        struct qev *q = s->head;
-        s->head = q->next;
-        free(q);
-    }
+    tun_lua_queue_clear(&s->q, ev_free);
     tun_ice_agent_free(s->agent);
     free(s);
 }
@@ -275,35 +253,21 @@ static void ice_close(struct lice *s)
     if (s->closing)
         return;
     s->closing = 1;
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        all_ice = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
-    s->next = s->prev = NULL;
+    tun_lua_link_remove(&live.head, &s->link);
     if (s->ep)
         ep_detach_if_unused(s->ep);
     s->ep = NULL;
-    lua_State *L = s->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, s->self_ref);
-    struct lice **p = lua_touserdata(L, -1);
-    if (p && *p == s)
-        *p = NULL;
-    lua_pop(L, 1);
-    luaL_unref(L, LUA_REGISTRYINDEX, s->cb_ref);
-    luaL_unref(L, LUA_REGISTRYINDEX, s->self_ref);
-    s->cb_ref = s->self_ref = LUA_NOREF;
+    tun_lua_box_release(s->L, &s->self_ref, s);
+    luaL_unref(s->L, LUA_REGISTRYINDEX, s->cb_ref);
+    s->cb_ref = LUA_NOREF;
     s->pending_handles = 2;
     uv_close((uv_handle_t *)&s->timer, handle_closed);
-    uv_close((uv_handle_t *)&s->idle, handle_closed);
+    tun_lua_queue_close(&s->q, handle_closed);
 }
 
-static void close_all(void *ud)
+static void live_close(struct tun_lua_link *n)
 {
-    (void)ud;
-    while (all_ice)
-        ice_close(all_ice);
+    ice_close(LICE(n));
 }
 
 static struct lice *check_ice(lua_State *L)
@@ -465,11 +429,8 @@ static int l_ice_new(lua_State *L)
 
     struct tun_ice_agent *agent;
     int rc = tun_ice_agent_new(&cfg, &agent);
-    if (rc != 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "cannot start ICE: %s", tun_strerror(rc));
-        return 2;
-    }
+    if (rc != 0)
+        return tun_lua_push_fail(L, rc, "cannot start ICE");
     add_hosts(L, agent, 2, (struct sockaddr *)&base);
 
     struct lice *s = calloc(1, sizeof(*s));
@@ -481,28 +442,17 @@ static int l_ice_new(lua_State *L)
     s->agent = agent;
     s->ep = ep;
     uv_timer_init(luv_loop(L), &s->timer);
-    uv_idle_init(luv_loop(L), &s->idle);
-    s->timer.data = s->idle.data = s;
+    s->timer.data = s;
+    tun_lua_queue_init(luv_loop(L), &s->q, s, deliver);
     lua_pushvalue(L, cb_idx);
     s->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    struct lice **p = lua_newuserdata(L, sizeof(*p));
-    *p = s;
-    luaL_getmetatable(L, ICE_MT);
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, -1);
-    s->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    s->next = all_ice;
-    if (all_ice)
-        all_ice->prev = s;
-    all_ice = s;
-    tun_lua_add_closer_once(&closer_registered, close_all);
+    s->self_ref = tun_lua_box_new(L, ICE_MT, s);
+    tun_lua_live_add(&live, &s->link);
     ep_attach(ep);
     rc = tun_ice_agent_gather(agent, stun, nstun, uv_now(luv_loop(L)));
     if (rc != 0) {
         ice_close(s);
-        lua_pushnil(L);
-        lua_pushfstring(L, "cannot gather candidates: %s", tun_strerror(rc));
-        return 2;
+        return tun_lua_push_fail(L, rc, "cannot gather candidates");
     }
     pump(s);
     return 1;
@@ -548,7 +498,7 @@ static int l_ice_stun_results(lua_State *L)
         lua_pushstring(L, r > 0 ? "ok" : r == 0 ? "pending" : "failed");
         lua_setfield(L, -2, "status");
         if (r > 0)
-            push_addr(L, &m, "mapped");
+            set_addr(L, &m, "mapped");
         lua_rawseti(L, -2, (int)i + 1);
     }
     return 1;
@@ -572,18 +522,28 @@ static int l_ice_set_remote(lua_State *L)
     return 1;
 }
 
+/* The candidate line at stack index idx into *c: 0, or (when it is not one) 2 after pushing
+ * nil, err. */
+static int parse_cand(lua_State *L, int idx, struct tun_ice_cand *c)
+{
+    size_t len;
+    const char *line = luaL_checklstring(L, idx, &len);
+    if (tun_ice_cand_parse(line, len, c) == 0)
+        return 0;
+    lua_pushnil(L);
+    lua_pushfstring(L, "not a valid ICE candidate: %.80s", line);
+    return 2;
+}
+
 /* add_remote(candidate_line) -> true | nil, err */
 static int l_ice_add_remote(lua_State *L)
 {
     struct lice *s = check_ice(L);
-    size_t len;
-    const char *line = luaL_checklstring(L, 2, &len);
     struct tun_ice_cand c;
-    if (tun_ice_cand_parse(line, len, &c) != 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "not a valid ICE candidate: %.80s", line);
-        return 2;
-    }
+    int nres = parse_cand(L, 2, &c);
+    if (nres)
+        return nres;
+    const char *line = lua_tostring(L, 2);
     int rc = tun_ice_agent_add_remote(s->agent, &c, uv_now(s->timer.loop));
     if (rc != 0) {
         lua_pushnil(L);
@@ -654,21 +614,17 @@ static int l_ice_tostring(lua_State *L)
 /* Candidate line helpers, usable without a session (validation of pasted descriptions). */
 static int l_ice_parse_candidate(lua_State *L)
 {
-    size_t len;
-    const char *line = luaL_checklstring(L, 1, &len);
     struct tun_ice_cand c;
-    if (tun_ice_cand_parse(line, len, &c) != 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "not a valid ICE candidate: %.80s", line);
-        return 2;
-    }
+    int nres = parse_cand(L, 1, &c);
+    if (nres)
+        return nres;
     lua_newtable(L);
-    push_addr(L, &c.addr, "address");
+    set_addr(L, &c.addr, "address");
     lua_pushstring(L, tun_ice_cand_type_name(c.type));
     lua_setfield(L, -2, "type");
     lua_pushnumber(L, c.priority);
     lua_setfield(L, -2, "priority");
-    push_addr(L, &c.rel, "related");
+    set_addr(L, &c.rel, "related");
     return 1;
 }
 

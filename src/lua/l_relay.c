@@ -13,6 +13,7 @@
  */
 #include "lua/modules.h"
 
+#include "lua/bind.h"
 #include "lua/opts.h"
 
 #include "relay/server.h"
@@ -31,24 +32,13 @@
 struct robj {
     lua_State *L;
     int self_ref;
-    struct robj *next, *prev;
+    struct tun_lua_link link;
     struct tun_relay_server *srv;
     gnutls_certificate_credentials_t cred;
 };
 
-static struct robj *all_objs;
-static int closer_registered;
-
-static void unlink_obj(struct robj *o)
-{
-    if (o->prev)
-        o->prev->next = o->next;
-    else if (all_objs == o)
-        all_objs = o->next;
-    if (o->next)
-        o->next->prev = o->prev;
-    o->next = o->prev = NULL;
-}
+static void live_close(struct tun_lua_link *n);
+static struct tun_lua_live live = {.close = live_close};
 
 static void on_server_closed(void *ud)
 {
@@ -60,26 +50,17 @@ static void on_server_closed(void *ud)
 
 static void obj_close(struct robj *o)
 {
-    unlink_obj(o);
-    lua_State *L = o->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, o->self_ref);
-    struct robj **p = lua_touserdata(L, -1);
-    if (p && *p == o)
-        *p = NULL;
-    lua_pop(L, 1);
-    luaL_unref(L, LUA_REGISTRYINDEX, o->self_ref);
-    o->self_ref = LUA_NOREF;
+    tun_lua_link_remove(&live.head, &o->link);
+    tun_lua_box_release(o->L, &o->self_ref, o);
     if (o->srv)
         tun_relay_server_close(o->srv, on_server_closed, o);
     else
         on_server_closed(o);
 }
 
-static void close_all(void *ud)
+static void live_close(struct tun_lua_link *n)
 {
-    (void)ud;
-    while (all_objs)
-        obj_close(all_objs);
+    obj_close(TUN_LUA_CONTAINER(n, struct robj, link));
 }
 
 /* ---- options
@@ -206,25 +187,14 @@ static int l_server(lua_State *L)
         if (o->cred)
             gnutls_certificate_free_credentials(o->cred);
         free(o);
-        lua_pushnil(L);
         char a[ADDR_MAX];
         tun_sockaddr_format((struct sockaddr *)&listen_ss, a, sizeof(a));
-        lua_pushfstring(L, "cannot start the relay on %s%s: %s", a,
-                        has_stun ? " or its STUN responder" : "", tun_strerror(rc));
-        return 2;
+        return tun_lua_push_fail(L, rc, "cannot start the relay on %s%s", a,
+                                 has_stun ? " or its STUN responder" : "");
     }
     o->L = luv_state(L);
-    struct robj **p = lua_newuserdata(L, sizeof(*p));
-    *p = o;
-    luaL_getmetatable(L, SERVER_MT);
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, -1);
-    o->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    o->next = all_objs;
-    if (all_objs)
-        all_objs->prev = o;
-    all_objs = o;
-    tun_lua_add_closer_once(&closer_registered, close_all);
+    o->self_ref = tun_lua_box_new(L, SERVER_MT, o);
+    tun_lua_live_add(&live, &o->link);
     return 1;
 }
 
@@ -236,25 +206,11 @@ static struct robj *check_server(lua_State *L)
     return *p;
 }
 
-static void push_addr(lua_State *L, const struct sockaddr_storage *ss)
-{
-    char buf[ADDR_MAX];
-    tun_sockaddr_format((const struct sockaddr *)ss, buf, sizeof(buf));
-    lua_pushstring(L, buf);
-}
-
 static int l_local_addr(lua_State *L)
 {
     struct robj *o = check_server(L);
     struct sockaddr_storage ss;
-    int rc = tun_relay_server_local_addr(o->srv, &ss);
-    if (rc != 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, tun_strerror(rc));
-        return 2;
-    }
-    push_addr(L, &ss);
-    return 1;
+    return tun_lua_push_addr_result(L, tun_relay_server_local_addr(o->srv, &ss), &ss);
 }
 
 static int l_stun_addr(lua_State *L)
@@ -263,7 +219,7 @@ static int l_stun_addr(lua_State *L)
     struct sockaddr_storage ss;
     if (tun_relay_server_stun_addr(o->srv, &ss) != 0)
         return 0;
-    push_addr(L, &ss);
+    tun_lua_push_addr(L, (struct sockaddr *)&ss);
     return 1;
 }
 
@@ -273,9 +229,7 @@ static int l_stats(lua_State *L)
     struct tun_relay_server_stats st;
     tun_relay_server_stats(o->srv, &st);
     lua_newtable(L);
-#define F(name)                                                                                    \
-    lua_pushnumber(L, (lua_Number)st.name);                                                        \
-    lua_setfield(L, -2, #name)
+#define F(name) TUN_LUA_SET_NUMBER(L, st, name)
     F(connections);
     F(clients);
     F(accepted);
@@ -309,11 +263,8 @@ static int l_metrics(lua_State *L)
     struct robj *o = check_server(L);
     char buf[16384];
     int n = tun_relay_server_metrics(o->srv, buf, sizeof(buf));
-    if (n < 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, tun_strerror(n));
-        return 2;
-    }
+    if (n < 0)
+        return tun_lua_push_error(L, n);
     lua_pushlstring(L, buf, (size_t)n);
     return 1;
 }

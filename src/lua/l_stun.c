@@ -9,14 +9,13 @@
  */
 #include "lua/modules.h"
 
+#include "lua/bind.h"
 #include "lua/opts.h"
 
 #include "ice/stun_client.h"
 #include "ice/stun_server.h"
-#include "lua/state.h"
 #include "net/udp.h"
 #include "util/error.h"
-#include "util/log.h"
 #include "util/sockaddr.h"
 
 #include <arpa/inet.h>
@@ -38,7 +37,7 @@ struct sobj {
     int is_server;
     lua_State *L;
     int self_ref, cb_ref;
-    struct sobj *next, *prev;
+    struct tun_lua_link link;
     int closing;
     /* probe */
     struct tun_udp *udp;
@@ -54,21 +53,10 @@ struct sobj {
     struct tun_stun_server *srv;
 };
 
-static struct sobj *all_objs;
-static int closer_registered;
+static void live_close(struct tun_lua_link *n);
+static struct tun_lua_live live = {.close = live_close};
 
 /* ---- lifecycle ------------------------------------------------------------------------------- */
-
-static void unlink_obj(struct sobj *o)
-{
-    if (o->prev)
-        o->prev->next = o->next;
-    else if (all_objs == o)
-        all_objs = o->next;
-    if (o->next)
-        o->next->prev = o->prev;
-    o->next = o->prev = NULL;
-}
 
 static void close_done(struct sobj *o)
 {
@@ -93,16 +81,10 @@ static void obj_close(struct sobj *o)
     if (o->closing)
         return;
     o->closing = 1;
-    unlink_obj(o);
-    lua_State *L = o->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, o->self_ref);
-    struct sobj **p = lua_touserdata(L, -1);
-    if (p && *p == o)
-        *p = NULL;
-    lua_pop(L, 1);
-    luaL_unref(L, LUA_REGISTRYINDEX, o->cb_ref);
-    luaL_unref(L, LUA_REGISTRYINDEX, o->self_ref);
-    o->cb_ref = o->self_ref = LUA_NOREF;
+    tun_lua_link_remove(&live.head, &o->link);
+    tun_lua_box_release(o->L, &o->self_ref, o);
+    luaL_unref(o->L, LUA_REGISTRYINDEX, o->cb_ref);
+    o->cb_ref = LUA_NOREF;
     /* One extra count, dropped at the end, so nothing is freed while we are still here. */
     o->pending_closes = 1;
     if (o->is_server) {
@@ -131,11 +113,9 @@ static void obj_close(struct sobj *o)
     close_done(o);
 }
 
-static void close_all(void *ud)
+static void live_close(struct tun_lua_link *n)
 {
-    (void)ud;
-    while (all_objs)
-        obj_close(all_objs);
+    obj_close(TUN_LUA_CONTAINER(n, struct sobj, link));
 }
 
 /* A new object for the userdata pushed by this function; anchored while open so that a
@@ -148,17 +128,8 @@ static struct sobj *new_obj(lua_State *L, int is_server)
     o->is_server = is_server;
     o->L = luv_state(L);
     o->cb_ref = LUA_NOREF;
-    struct sobj **p = lua_newuserdata(L, sizeof(*p));
-    *p = o;
-    luaL_getmetatable(L, is_server ? SERVER_MT : PROBE_MT);
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, -1);
-    o->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    o->next = all_objs;
-    if (all_objs)
-        all_objs->prev = o;
-    all_objs = o;
-    tun_lua_add_closer_once(&closer_registered, close_all);
+    o->self_ref = tun_lua_box_new(L, is_server ? SERVER_MT : PROBE_MT, o);
+    tun_lua_live_add(&live, &o->link);
     return o;
 }
 
@@ -171,16 +142,6 @@ static void check_addr(lua_State *L, const char *what, const char *s, struct soc
                    "%s '%s' is not a numeric address with a port (1.2.3.4:3478 or "
                    "[2001:db8::1]:3478)",
                    what, s);
-}
-
-static void push_addr(lua_State *L, const struct sockaddr_storage *ss)
-{
-    if (ss->ss_family != AF_INET && ss->ss_family != AF_INET6) {
-        lua_pushnil(L);
-        return;
-    }
-    char buf[ADDR_MAX];
-    lua_pushstring(L, tun_sockaddr_format((const struct sockaddr *)ss, buf, sizeof(buf)));
 }
 
 /* ---- probe ----------------------------------------------------------------------------------- */
@@ -241,14 +202,14 @@ static void push_results(lua_State *L, const struct tun_stun_client *c)
         if (st < 0 || st > TUN_STUN_RES_BAD)
             st = TUN_STUN_RES_BAD;
         lua_newtable(L);
-        push_addr(L, &r->server);
+        tun_lua_push_addr(L, (const struct sockaddr *)&r->server);
         lua_setfield(L, -2, "server");
         lua_pushstring(L, status_names[st]);
         lua_setfield(L, -2, "status");
         lua_pushinteger(L, (lua_Integer)r->transmissions);
         lua_setfield(L, -2, "transmissions");
         if (st == TUN_STUN_RES_OK) {
-            push_addr(L, &r->mapped);
+            tun_lua_push_addr(L, (const struct sockaddr *)&r->mapped);
             lua_setfield(L, -2, "mapped");
             lua_pushnumber(L, (lua_Number)r->rtt_ms);
             lua_setfield(L, -2, "rtt_ms");
@@ -272,14 +233,10 @@ static void deliver_cb(uv_idle_t *h)
     int top = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, o->cb_ref);
     push_results(L, &o->results);
-    push_addr(L, &o->local);
+    tun_lua_push_addr(L, (struct sockaddr *)&o->local);
     /* Release the socket first: the handler may start another probe on the same port. */
     obj_close(o);
-    if (tun_lua_pcall(L, 2, 0) != 0) {
-        if (!tun_lua_is_exit(L, -1))
-            tun_log_error(LUA, "error in the STUN on_done handler: %s", lua_tostring(L, -1));
-        lua_pop(L, 1);
-    }
+    tun_lua_call_handler(L, 2, "the STUN on_done handler");
     lua_settop(L, top);
 }
 
@@ -351,20 +308,18 @@ static int l_probe(lua_State *L)
     char bindtxt[ADDR_MAX];
     tun_sockaddr_format((struct sockaddr *)&bind_ss, bindtxt, sizeof(bindtxt));
     int rc = tun_udp_new(loop, (struct sockaddr *)&bind_ss, &o->udp);
-    const char *what = "cannot open a UDP socket on %s: %s";
+    const char *what = "cannot open a UDP socket on";
     if (rc == 0)
         rc = tun_udp_local_addr(o->udp, &o->local);
     if (rc == 0)
         rc = tun_udp_start(o->udp, on_recv, NULL, o);
     if (rc == 0) {
-        what = "cannot start the STUN probe from %s: %s";
+        what = "cannot start the STUN probe from";
         rc = tun_stun_probe_start(loop, udp_send, o, servers, n, &cfg, on_probe_done, &o->probe);
     }
     if (rc != 0) {
         obj_close(o);
-        lua_pushnil(L);
-        lua_pushfstring(L, what, bindtxt, tun_strerror(rc));
-        return 2;
+        return tun_lua_push_fail(L, rc, "%s %s", what, bindtxt);
     }
     if (timeout_ms)
         uv_timer_start(&o->timer, on_deadline, timeout_ms, 0);
@@ -376,7 +331,7 @@ static int l_probe_local_addr(lua_State *L)
     struct sobj **p = luaL_checkudata(L, 1, PROBE_MT);
     if (!*p)
         return 0;
-    push_addr(L, &(*p)->local);
+    tun_lua_push_addr(L, (struct sockaddr *)&(*p)->local);
     return 1;
 }
 
@@ -399,9 +354,7 @@ static int l_server(lua_State *L)
     int rc = tun_stun_server_start(luv_loop(L), (struct sockaddr *)&ss, &o->srv);
     if (rc != 0) {
         obj_close(o);
-        lua_pushnil(L);
-        lua_pushfstring(L, "cannot answer STUN on %s: %s", bindtxt, tun_strerror(rc));
-        return 2;
+        return tun_lua_push_fail(L, rc, "cannot answer STUN on %s", bindtxt);
     }
     return 1;
 }
@@ -418,14 +371,7 @@ static int l_server_local_addr(lua_State *L)
 {
     struct sobj *o = check_server(L);
     struct sockaddr_storage ss;
-    int rc = tun_stun_server_local_addr(o->srv, &ss);
-    if (rc != 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, tun_strerror(rc));
-        return 2;
-    }
-    push_addr(L, &ss);
-    return 1;
+    return tun_lua_push_addr_result(L, tun_stun_server_local_addr(o->srv, &ss), &ss);
 }
 
 static int l_server_stats(lua_State *L)
@@ -434,12 +380,9 @@ static int l_server_stats(lua_State *L)
     struct tun_stun_server_stats st;
     tun_stun_server_get_stats(o->srv, &st);
     lua_newtable(L);
-    lua_pushnumber(L, (lua_Number)st.answered);
-    lua_setfield(L, -2, "answered");
-    lua_pushnumber(L, (lua_Number)st.ignored);
-    lua_setfield(L, -2, "ignored");
-    lua_pushnumber(L, (lua_Number)st.limited);
-    lua_setfield(L, -2, "limited");
+    TUN_LUA_SET_NUMBER(L, st, answered);
+    TUN_LUA_SET_NUMBER(L, st, ignored);
+    TUN_LUA_SET_NUMBER(L, st, limited);
     return 1;
 }
 

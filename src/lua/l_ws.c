@@ -18,11 +18,10 @@
  */
 #include "lua/modules.h"
 
+#include "lua/bind.h"
 #include "lua/opts.h"
 
-#include "lua/state.h"
 #include "util/error.h"
-#include "util/log.h"
 #include "web/ws.h"
 #include "web/wsclient.h"
 
@@ -44,24 +43,13 @@ struct wobj {
     struct tun_wsclient_stats final;
     char *url;
     size_t max_queued;
-    struct wobj *next, *prev;
+    struct tun_lua_link link;
 };
 
-static struct wobj *all_objs;
-static int closer_registered;
+static void live_close(struct tun_lua_link *n);
+static struct tun_lua_live live = {.close = live_close};
 
 /* ---- lifecycle ------------------------------------------------------------------------------ */
-
-static void unlink_obj(struct wobj *o)
-{
-    if (o->prev)
-        o->prev->next = o->next;
-    else if (all_objs == o)
-        all_objs = o->next;
-    if (o->next)
-        o->next->prev = o->prev;
-    o->next = o->prev = NULL;
-}
 
 /* Free the C client (no callback after this) and drop every reference: the object keeps only
  * its final stats. */
@@ -73,7 +61,7 @@ static void release(struct wobj *o, int code, const char *reason)
     o->final.state = TUN_WSCLIENT_CLOSED;
     tun_wsclient_close(o->ws, code, reason);
     o->ws = NULL;
-    unlink_obj(o);
+    tun_lua_link_remove(&live.head, &o->link);
     lua_State *L = o->L;
     luaL_unref(L, LUA_REGISTRYINDEX, o->open_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, o->msg_ref);
@@ -82,27 +70,12 @@ static void release(struct wobj *o, int code, const char *reason)
     o->open_ref = o->msg_ref = o->close_ref = o->self_ref = LUA_NOREF;
 }
 
-static void close_all(void *ud)
+static void live_close(struct tun_lua_link *n)
 {
-    (void)ud;
-    while (all_objs)
-        release(all_objs, TUN_WS_CLOSE_GOING_AWAY, "shutting down");
+    release(TUN_LUA_CONTAINER(n, struct wobj, link), TUN_WS_CLOSE_GOING_AWAY, "shutting down");
 }
 
 /* ---- callbacks ------------------------------------------------------------------------------ */
-
-/* Call the function and arguments pushed since `base`; log what it raises. */
-static void call(lua_State *L, int nargs, const char *what)
-{
-    if (tun_lua_pcall(L, nargs, 0) != 0) {
-        if (!tun_lua_is_exit(L, -1)) {
-            const char *msg = lua_tostring(L, -1);
-            tun_log_error(LUA, "error in a WebSocket %s handler: %s", what,
-                          msg ? msg : luaL_typename(L, -1));
-        }
-        lua_pop(L, 1);
-    }
-}
 
 /* Push the handler `ref` and the object; 0 when there is no handler. */
 static int push_handler(struct wobj *o, int ref)
@@ -120,7 +93,7 @@ static void c_on_open(struct tun_wsclient *c, void *ud)
     struct wobj *o = ud;
     int top = lua_gettop(o->L);
     if (push_handler(o, o->open_ref))
-        call(o->L, 1, "on_open");
+        tun_lua_call_handler(o->L, 1, "a WebSocket on_open handler");
     lua_settop(o->L, top);
 }
 
@@ -134,7 +107,7 @@ static void c_on_message(struct tun_wsclient *c, int opcode, const uint8_t *data
     if (push_handler(o, o->msg_ref)) {
         lua_pushlstring(L, (const char *)data, len);
         lua_pushboolean(L, opcode == TUN_WS_BINARY);
-        call(L, 3, "on_message");
+        tun_lua_call_handler(L, 3, "a WebSocket on_message handler");
     }
     lua_settop(L, top);
 }
@@ -156,7 +129,7 @@ static void c_on_close(struct tun_wsclient *c, int code, const char *reason, voi
     /* Released first: the handler sees state "closed" and may connect again at once. */
     release(o, 0, NULL);
     if (have)
-        call(L, 3, "on_close");
+        tun_lua_call_handler(L, 3, "a WebSocket on_close handler");
     lua_settop(L, top);
 }
 
@@ -239,20 +212,14 @@ static int l_connect(lua_State *L)
     int rc = tun_wsclient_new(luv_loop(L), &cfg, &client_cbs, o, &o->ws);
     if (rc != 0) {
         o->ws = NULL;
-        lua_pushnil(L);
-        lua_pushfstring(L, "cannot start a WebSocket connection to %s: %s", url, tun_strerror(rc));
-        return 2;
+        return tun_lua_push_fail(L, rc, "cannot start a WebSocket connection to %s", url);
     }
     o->open_ref = ref_fn(L, "on_open");
     o->msg_ref = ref_fn(L, "on_message");
     o->close_ref = ref_fn(L, "on_close");
     lua_pushvalue(L, -1);
     o->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    o->next = all_objs;
-    if (all_objs)
-        all_objs->prev = o;
-    all_objs = o;
-    tun_lua_add_closer_once(&closer_registered, close_all);
+    tun_lua_live_add(&live, &o->link);
     return 1;
 }
 
@@ -336,9 +303,7 @@ static int l_stats(lua_State *L)
     else
         st = o->final;
     lua_createtable(L, 0, 5);
-#define F(name)                                                                                    \
-    lua_pushnumber(L, (lua_Number)st.name);                                                        \
-    lua_setfield(L, -2, #name)
+#define F(name) TUN_LUA_SET_NUMBER(L, st, name)
     F(tx_messages);
     F(rx_messages);
     F(tx_bytes);

@@ -1,7 +1,5 @@
 #include "lua/opts.h"
 
-#include "host/host.h"
-
 #include <lauxlib.h>
 #include <string.h>
 
@@ -42,15 +40,6 @@ void tun_lua_new_module(lua_State *L, const luaL_Reg *fns)
 {
     lua_newtable(L);
     luaL_register(L, NULL, fns);
-}
-
-void tun_lua_add_closer_once(int *registered, void (*fn)(void *ud))
-{
-    struct tun_host *h = tun_host_get();
-    if (!*registered && h) {
-        tun_host_add_closer(h, fn, NULL);
-        *registered = 1;
-    }
 }
 
 uint64_t tun_lua_opt_uint(lua_State *L, int t, const char *k, uint64_t def, uint64_t max)

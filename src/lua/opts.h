@@ -19,10 +19,6 @@ void tun_lua_check_keys(lua_State *L, int t, const char *const *known, const cha
 void tun_lua_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc,
                        lua_CFunction tostring);
 
-/* Register `fn` as a closer of the host (run at shutdown) the first time a binding creates an
- * object; `*registered` remembers it. No host (a bare Lua state in tests): nothing to do. */
-void tun_lua_add_closer_once(int *registered, void (*fn)(void *ud));
-
 /* Option `k` of the option table at `t`: `def` when absent, else a whole number from 0 to
  * `max`; anything else raises "option 'k' must be ...". */
 uint64_t tun_lua_opt_uint(lua_State *L, int t, const char *k, uint64_t def, uint64_t max);
