@@ -254,6 +254,51 @@ describe("tunnel port forwarding", function()
       assert.is_nil(T.server.stderr:find(T.token, 1, true))
     end)
 
+    -- Runs clients with `tokens` (all at once) and returns what each wrote on stderr.
+    local function attempts(tokens)
+      local cs = {}
+      for i, t in ipairs(tokens) do
+        cs[i] = start_client({ "--source", "tcp://127.0.0.1:9", "--target",
+          "127.0.0.1:" .. free_port() }, { token = t })
+      end
+      local errs = {}
+      for i, c in ipairs(cs) do
+        c:wait(60)
+        assert.is_nil(c.timed_out, "a client kept running:" .. logs())
+        assert.equal(1, c.code, logs())
+        errs[i] = c.stderr
+      end
+      return errs
+    end
+
+    it("limits failed attempts per token: the sixth try of a wrong token is refused unseen",
+      function()
+        start_server()
+        local wrong = new_token()
+        for _, e in ipairs(attempts({ wrong, wrong, wrong, wrong, wrong })) do
+          assert.matches("invalid authentication token", e, 1, true)
+        end
+        local e = attempts({ wrong })[1]
+        assert.matches("too many failed attempts; wait a minute and check your token", e, 1, true)
+        -- Another token is still checked.
+        assert.matches("invalid authentication token", attempts({ new_token() })[1], 1, true)
+      end)
+
+    it("limits failed attempts in total: after 30 in a minute even the right token waits",
+      function()
+        start_server()
+        local wrong = {}
+        for i = 1, 30 do
+          wrong[i] = new_token()
+        end
+        for _, e in ipairs(attempts(wrong)) do
+          assert.matches("invalid authentication token", e, 1, true)
+        end
+        local e = attempts({ T.token })[1]
+        assert.matches("too many failed attempts", e, 1, true)
+        assert.matches("too many failed attempts, refusing", T.server.stderr, 1, true)
+      end)
+
     it("refuses a server whose EndpointId is not the expected one", function()
       start_server()
       local other = new_key(T.dir .. "/other.key")
