@@ -385,6 +385,19 @@ describe("tunnel port forwarding", function()
         assert.equal(1, count(echo.stdout, "ACCEPT "))
       end)
 
+      -- Both allowed, the service on one of them: the address that refuses is passed over.
+      for _, host in ipairs({ "127.0.0.1", "::1" }) do
+        it(("falls back to %s when the other address refuses, both allowed"):format(host),
+          function()
+            local echo, eport = service({ "tcp-echo", "--host", host, "--port", 0 })
+            server_for_localhost({ "127.0.0.0/8", "::1/128" })
+            local _, lport = forward("tcp://localhost:" .. eport)
+            local p = check({ "tcp-hold", "--port", lport, "--count", 2 })
+            assert.equal("OPEN 2 CLOSED 0 PENDING 0\n", p.stdout, logs())
+            assert.equal(2, count(echo.stdout, "ACCEPT "), logs())
+          end)
+      end
+
       -- Both addresses serve the same port: the connection must land on the allowed one only.
       for _, case in ipairs({
         { allow = "::1/128", yes = "::1", no = "127.0.0.1" },
