@@ -398,6 +398,22 @@ describe("tunnel port forwarding", function()
           end)
       end
 
+      -- Both allowed, one address silent (its SYNs are dropped): the next gets its try after
+      -- Happy Eyeballs' delay instead of waiting for the silent one to time out.
+      for _, case in ipairs({ { yes = "127.0.0.1", no = "::1" },
+        { yes = "::1", no = "127.0.0.1" } }) do
+        it(("reaches %s while %s does not answer, both allowed"):format(case.yes, case.no),
+          function()
+            local echo, eport = service({ "tcp-echo", "--host", case.yes, "--port", 0 })
+            service({ "tcp-blackhole", "--host", case.no, "--port", eport })
+            server_for_localhost({ "127.0.0.0/8", "::1/128" })
+            local _, lport = forward("tcp://localhost:" .. eport)
+            local p = check({ "tcp-hold", "--port", lport, "--count", 2, "--wait", 60 })
+            assert.equal("OPEN 2 CLOSED 0 PENDING 0\n", p.stdout, logs())
+            assert.equal(2, count(echo.stdout, "ACCEPT "), logs())
+          end)
+      end
+
       -- Both addresses serve the same port: the connection must land on the allowed one only.
       for _, case in ipairs({
         { allow = "::1/128", yes = "::1", no = "127.0.0.1" },

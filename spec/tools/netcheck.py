@@ -16,6 +16,10 @@ Services (run until killed; print "PORT <n>" once listening):
   udp-echo   [--host 127.0.0.1] --port 0
       Sends each datagram back to its sender unchanged. Prints "PEER <ip> <port>" the first
       time a sender is seen.
+  tcp-blackhole [--host 127.0.0.1] --port 0
+      Listens without ever accepting and fills its accept queue itself, so the kernel drops
+      every further SYN: a connection attempt gets no answer at all (neither accepted nor
+      refused) until it gives up.
 
 Checks (connect to --host, default 127.0.0.1, and --port):
 
@@ -139,6 +143,28 @@ def tcp_echo(a):
         conn, peer = srv.accept()
         out("ACCEPT %s %d" % (peer[0], peer[1]))
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def tcp_blackhole(a):
+    srv = socket.socket(family(a.host), socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family(a.host) == socket.AF_INET6:
+        srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    srv.bind((a.host, a.port))
+    srv.listen(0)
+    port = srv.getsockname()[1]
+    # A backlog of 0 holds one established connection; with that one queued (and never
+    # accepted) the queue is full and the kernel drops new SYNs without a reply.
+    fillers = []
+    for _ in range(2):
+        c = socket.socket(family(a.host), socket.SOCK_STREAM)
+        c.setblocking(False)
+        c.connect_ex((a.host, port))
+        fillers.append(c)
+    time.sleep(0.2)
+    out("PORT %d" % port)
+    while True:
+        time.sleep(3600)
 
 
 def udp_echo(a):
@@ -414,6 +440,7 @@ def main():
 
     command("tcp-echo", tcp_echo, True).add_argument("--reply-after-eof")
     command("udp-echo", udp_echo, True)
+    command("tcp-blackhole", tcp_blackhole, True)
     command("tcp-bulk", tcp_bulk).add_argument("--bytes", type=int, required=True)
     c = command("tcp-many", tcp_many)
     c.add_argument("--count", type=int, default=200)
