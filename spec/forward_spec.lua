@@ -215,9 +215,52 @@ describe("tunnel port forwarding", function()
       -- the service saw every byte, then the EOF, before it answered
       assert.matches("EOF 11\n", echo.stdout)
     end)
+
+    it("carries a reset from the service to the application as a reset", function()
+      local _, eport = service({ "tcp-rst", "--port", 0 })
+      start_server()
+      local _, lport = forward("tcp://127.0.0.1:" .. eport)
+      local p = check({ "tcp-reset-probe", "--port", lport })
+      assert.equal("RESET\n", p.stdout, logs())
+    end)
+
+    it("carries a reset from the application to the service as a reset", function()
+      local echo, eport = service({ "tcp-echo", "--port", 0 })
+      start_server()
+      local _, lport = forward("tcp://127.0.0.1:" .. eport)
+      local p = check({ "tcp-reset-probe", "--port", lport, "--abort" })
+      assert.equal("ECHO\nABORTED\n", p.stdout, logs())
+      assert.equal(1, wait_count(echo, "RESET"), "the service saw no reset:" .. logs())
+    end)
   end)
 
   describe("UDP", function()
+    it("forgets a flow after udp_idle_timeout; the sender's next datagram starts a new one",
+      function()
+        local echo, eport = service({ "udp-echo", "--port", 0 })
+        start_server()
+        local conf = H.write_file(T.dir .. "/client.toml", 'role = "client"\n' ..
+          "[iroh.transport]\nudp_idle_timeout = 1\n")
+        local lport = free_port("udp")
+        local c = start_client({ "-c", conf, "--source", "udp://127.0.0.1:" .. eport,
+          "--target", "127.0.0.1:" .. lport })
+        wait_ready(c)
+        -- One local socket: a datagram, silence well past the timeout, another datagram. The
+        -- echo service sees a new peer (the server's socket of a new flow) for the second.
+        local function peers(n)
+          H.wait_until(function()
+            return count(echo.stdout, "PEER ") >= n
+          end, 10)
+          return count(echo.stdout, "PEER ")
+        end
+        local p = check({ "udp-pause", "--port", lport, "--pause", 4 })
+        assert.equal("OK\n", p.stdout, logs())
+        assert.equal(2, peers(2), logs())
+        -- A new sender (a new flow) sending twice without a pause: one new peer, not two.
+        assert.equal("OK\n", check({ "udp-pause", "--port", lport, "--pause", 0 }).stdout)
+        assert.equal(3, peers(3), logs())
+      end)
+
     it("sends each local sender only its own replies", function()
       local echo, eport = service({ "udp-echo", "--port", 0 })
       start_server()

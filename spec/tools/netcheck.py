@@ -11,11 +11,15 @@ Services (run until killed; print "PORT <n>" once listening):
 
   tcp-echo   [--host 127.0.0.1] --port 0 [--reply-after-eof TEXT]
       Echoes every TCP connection; at the client's EOF it half-closes its side too. Prints
-      "ACCEPT <ip> <port>" for each accepted connection. With --reply-after-eof it echoes
+      "ACCEPT <ip> <port>" for each accepted connection and "RESET" for each the client
+      reset (rather than closed). With --reply-after-eof it echoes
       nothing: it reads to EOF, prints "EOF <bytes>", sends TEXT and closes (half-close tests).
   udp-echo   [--host 127.0.0.1] --port 0
       Sends each datagram back to its sender unchanged. Prints "PEER <ip> <port>" the first
       time a sender is seen.
+  tcp-rst    [--host 127.0.0.1] --port 0
+      Accepts, reads the first bytes each connection sends and answers them with a reset
+      (SO_LINGER 0), not a FIN. Prints "ACCEPT <ip> <port>".
   tcp-blackhole [--host 127.0.0.1] --port 0
       Listens without ever accepting and fills its accept queue itself, so the kernel drops
       every further SYN: a connection attempt gets no answer at all (neither accepted nor
@@ -36,6 +40,13 @@ Checks (connect to --host, default 127.0.0.1, and --port):
       Opens N connections, sends a probe on each and waits until each either echoed it
       (open) or was closed by the peer. Prints "OPEN <n> CLOSED <m> PENDING <k>", then keeps
       the connections open until stdin reaches EOF.
+  tcp-reset-probe --port P [--abort]
+      Sends a probe and reads. Prints "RESET" when the connection is reset, "EOF" when it is
+      closed, "ECHO" when the probe comes back. With --abort it then resets the connection
+      itself (SO_LINGER 0) and prints "ABORTED".
+  udp-pause  --port P --pause S
+      From one socket (one local address and port): a datagram, its echo, S seconds of
+      silence, another datagram and its echo. Prints "OK".
   udp-senders --port P --senders 3 --count 50
       Each sender (its own socket) sends datagrams tagged with its number and checks that
       every reply carries its own tag. Lost datagrams are resent (--retries, --wait), so
@@ -134,6 +145,8 @@ def tcp_echo(a):
                     conn.shutdown(socket.SHUT_WR)
                     return
                 conn.sendall(d)
+        except ConnectionResetError:
+            out("RESET")
         except OSError as e:
             err("connection: %s" % e)
         finally:
@@ -143,6 +156,29 @@ def tcp_echo(a):
         conn, peer = srv.accept()
         out("ACCEPT %s %d" % (peer[0], peer[1]))
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def linger0(sock):
+    """Make close() send a reset instead of a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+def tcp_rst(a):
+    srv = socket.socket(family(a.host), socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((a.host, a.port))
+    srv.listen(64)
+    out("PORT %d" % srv.getsockname()[1])
+    while True:
+        conn, peer = srv.accept()
+        out("ACCEPT %s %d" % (peer[0], peer[1]))
+        try:
+            conn.settimeout(a.idle)
+            conn.recv(4096)
+            linger0(conn)
+        except OSError as e:
+            err("connection: %s" % e)
+        conn.close()
 
 
 def tcp_blackhole(a):
@@ -341,6 +377,29 @@ def tcp_hold(a):
     return 0
 
 
+def tcp_reset_probe(a):
+    s = connect(a)
+    probe = b"probe\n"
+    s.sendall(probe)
+    got = b""
+    try:
+        while len(got) < len(probe):
+            d = s.recv(4096)
+            if not d:
+                out("EOF")
+                return 1
+            got += d
+    except ConnectionResetError:
+        out("RESET")
+        return 0
+    out("ECHO")
+    if a.abort:
+        linger0(s)
+        s.close()
+        out("ABORTED")
+    return 0
+
+
 # ---- UDP checks ------------------------------------------------------------------------------
 
 
@@ -350,6 +409,28 @@ def udp_socket(a):
     s.bind(("::1" if family(a.host) == socket.AF_INET6 else "127.0.0.1", 0))
     s.setblocking(False)
     return s
+
+
+def udp_pause(a):
+    s = udp_socket(a)
+    s.setblocking(True)
+    s.settimeout(a.wait)
+    for i in range(2):
+        if i:
+            time.sleep(a.pause)
+        msg = b"pause-%d" % i
+        for _ in range(a.retries):
+            s.sendto(msg, (a.host, a.port))
+            try:
+                if s.recv(65536) == msg:
+                    break
+            except socket.timeout:
+                continue
+        else:
+            out("FAIL no echo for datagram %d" % i)
+            return 1
+    out("OK")
+    return 0
 
 
 def udp_senders(a):
@@ -441,6 +522,8 @@ def main():
     command("tcp-echo", tcp_echo, True).add_argument("--reply-after-eof")
     command("udp-echo", udp_echo, True)
     command("tcp-blackhole", tcp_blackhole, True)
+    command("tcp-rst", tcp_rst, True)
+    command("tcp-reset-probe", tcp_reset_probe).add_argument("--abort", action="store_true")
     command("tcp-bulk", tcp_bulk).add_argument("--bytes", type=int, required=True)
     c = command("tcp-many", tcp_many)
     c.add_argument("--count", type=int, default=200)
@@ -449,7 +532,7 @@ def main():
     c = command("tcp-hold", tcp_hold)
     c.add_argument("--count", type=int, required=True)
     c.add_argument("--wait", type=float, default=30.0)
-    for name, fn in (("udp-senders", udp_senders), ("udp-big", udp_big)):
+    for name, fn in (("udp-senders", udp_senders), ("udp-big", udp_big), ("udp-pause", udp_pause)):
         c = command(name, fn)
         c.add_argument("--retries", type=int, default=5)
         c.add_argument("--wait", type=float, default=2.0, help="wait for a reply (s)")
@@ -458,6 +541,7 @@ def main():
     c.add_argument("--count", type=int, default=50)
     c.add_argument("--pad", type=int, default=32, help="payload bytes after the tag")
     sub.choices["udp-big"].add_argument("--size", type=int, default=60000)
+    sub.choices["udp-pause"].add_argument("--pause", type=float, required=True)
 
     a = p.parse_args()
     watchdog(a.timeout, a.service)
