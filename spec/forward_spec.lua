@@ -120,11 +120,11 @@ local function wait_refusal(c, source)
   return refusal(c, source)
 end
 
---- How many times netcheck service `p` printed `word` ("ACCEPT "), once it printed it at all
--- (or after 10 s).
-local function wait_count(p, word)
+--- How many times netcheck service `p` printed `word` ("ACCEPT "), once it printed it `n`
+-- times (default 1), or after 10 s.
+local function wait_count(p, word, n)
   H.wait_until(function()
-    return count(p.stdout, word) >= 1
+    return count(p.stdout, word) >= (n or 1)
   end, 10)
   return count(p.stdout, word)
 end
@@ -247,18 +247,12 @@ describe("tunnel port forwarding", function()
         wait_ready(c)
         -- One local socket: a datagram, silence well past the timeout, another datagram. The
         -- echo service sees a new peer (the server's socket of a new flow) for the second.
-        local function peers(n)
-          H.wait_until(function()
-            return count(echo.stdout, "PEER ") >= n
-          end, 10)
-          return count(echo.stdout, "PEER ")
-        end
         local p = check({ "udp-pause", "--port", lport, "--pause", 4 })
         assert.equal("OK\n", p.stdout, logs())
-        assert.equal(2, peers(2), logs())
+        assert.equal(2, wait_count(echo, "PEER ", 2), logs())
         -- A new sender (a new flow) sending twice without a pause: one new peer, not two.
         assert.equal("OK\n", check({ "udp-pause", "--port", lport, "--pause", 0 }).stdout)
-        assert.equal(3, peers(3), logs())
+        assert.equal(3, wait_count(echo, "PEER ", 3), logs())
       end)
 
     it("sends each local sender only its own replies", function()

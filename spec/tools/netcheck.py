@@ -115,13 +115,19 @@ def pseudo_random(seed, n):
 # ---- services --------------------------------------------------------------------------------
 
 
-def tcp_echo(a):
+def tcp_listener(a, backlog):
+    """A TCP socket listening on --host (IPv6 only for an IPv6 host) and --port."""
     srv = socket.socket(family(a.host), socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if family(a.host) == socket.AF_INET6:
         srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     srv.bind((a.host, a.port))
-    srv.listen(1024)
+    srv.listen(backlog)
+    return srv
+
+
+def tcp_echo(a):
+    srv = tcp_listener(a, 1024)
     out("PORT %d" % srv.getsockname()[1])
     reply = a.reply_after_eof.encode() if a.reply_after_eof is not None else None
 
@@ -164,10 +170,7 @@ def linger0(sock):
 
 
 def tcp_rst(a):
-    srv = socket.socket(family(a.host), socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((a.host, a.port))
-    srv.listen(64)
+    srv = tcp_listener(a, 64)
     out("PORT %d" % srv.getsockname()[1])
     while True:
         conn, peer = srv.accept()
@@ -182,12 +185,7 @@ def tcp_rst(a):
 
 
 def tcp_blackhole(a):
-    srv = socket.socket(family(a.host), socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family(a.host) == socket.AF_INET6:
-        srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    srv.bind((a.host, a.port))
-    srv.listen(0)
+    srv = tcp_listener(a, 0)
     port = srv.getsockname()[1]
     # A backlog of 0 holds one established connection; with that one queued (and never
     # accepted) the queue is full and the kernel drops new SYNs without a reply.

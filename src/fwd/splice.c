@@ -182,6 +182,19 @@ static void write_cb(uv_write_t *req, int status)
     maybe_finish(sp);
 }
 
+/* Write what the TCP socket takes now, without queueing; the bytes written are credited back
+ * to the stream's flow control. Returns how many. */
+static size_t write_now(struct tun_splice *sp, const uint8_t *data, size_t len)
+{
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    int n = uv_try_write((uv_stream_t *)sp->tcp, &b, 1);
+    if (n <= 0)
+        return 0;
+    if (!sp->stream_closed)
+        tun_qstream_consume(sp->s, (size_t)n);
+    return (size_t)n;
+}
+
 /* Write what was collected: one try_write, and a uv_write for the rest. */
 static void pend_flush(struct tun_splice *sp)
 {
@@ -193,15 +206,8 @@ static void pend_flush(struct tun_splice *sp)
         free(w);
         return;
     }
-    if (sp->queued == 0) {
-        uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)w->len);
-        int n = uv_try_write((uv_stream_t *)sp->tcp, &b, 1);
-        if (n > 0) {
-            w->off = (size_t)n;
-            if (!sp->stream_closed)
-                tun_qstream_consume(sp->s, w->off);
-        }
-    }
+    if (sp->queued == 0)
+        w->off = write_now(sp, w->data, w->len);
     if (w->off == w->len) {
         free(w);
         send_tcp_fin(sp);
@@ -264,15 +270,11 @@ static void on_data(struct tun_qstream *s, const uint8_t *data, size_t len, void
      * request/response exchange. Full packets (bulk transfers) are still collected and
      * written with one call per receive batch. */
     if (len < DIRECT_MAX && !sp->pend && !sp->queued) {
-        uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
-        int n = uv_try_write((uv_stream_t *)sp->tcp, &b, 1);
-        if (n > 0) {
-            tun_qstream_consume(s, (size_t)n);
-            data += n;
-            len -= (size_t)n;
-            if (!len)
-                return;
-        }
+        size_t n = write_now(sp, data, len);
+        data += n;
+        len -= n;
+        if (!len)
+            return;
     }
     while (len > 0) {
         if (sp->pend && sp->pend->len == WBUF_CAP)
