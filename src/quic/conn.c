@@ -695,7 +695,7 @@ static int write_packets(struct tun_qconn *c)
             s = c->sendq_head;
             if (s) {
                 sid = s->id;
-                nvec = tun__qstream_pending_vec(s, vec, 16, &fin);
+                nvec = tun__qstream_pending_vec(s, vec, 16, maxpkt, &fin);
                 if (fin)
                     flags |= NGTCP2_WRITE_STREAM_FLAG_FIN;
                 /* Keep the packet open for more only when another stream could fill it: for

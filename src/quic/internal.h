@@ -176,7 +176,10 @@ void tun__qconn_abort(struct tun_qconn *c, uint64_t code, const char *reason);
 struct tun_qstream *tun__qstream_new(struct tun_qconn *c, int64_t id);
 void tun__qstream_free(struct tun_qstream *s);
 void tun__qstream_acked(struct tun_qstream *s, uint64_t upto);
-size_t tun__qstream_pending_vec(struct tun_qstream *s, ngtcp2_vec *vec, size_t max, int *fin);
+/* Unsent data as up to `max` pieces, stopping once `enough` bytes are described (one packet's
+ * worth: a packet takes no more, and each further piece is a cold chunk header to touch). */
+size_t tun__qstream_pending_vec(struct tun_qstream *s, ngtcp2_vec *vec, size_t max, size_t enough,
+                                int *fin);
 void tun__qstream_sent(struct tun_qstream *s, size_t n, int fin);
 void tun__sendq_add(struct tun_qconn *c, struct tun_qstream *s);
 void tun__sendq_remove(struct tun_qconn *c, struct tun_qstream *s);

@@ -278,7 +278,8 @@ void tun__qstream_acked(struct tun_qstream *s, uint64_t upto)
     }
 }
 
-size_t tun__qstream_pending_vec(struct tun_qstream *s, ngtcp2_vec *vec, size_t max, int *fin)
+size_t tun__qstream_pending_vec(struct tun_qstream *s, ngtcp2_vec *vec, size_t max, size_t enough,
+                                int *fin)
 {
     /* Start from the chunk remembered last time instead of walking from the head (a busy
      * stream holds hundreds of chunks until they are acknowledged). A remembered chunk that
@@ -295,13 +296,14 @@ size_t tun__qstream_pending_vec(struct tun_qstream *s, ngtcp2_vec *vec, size_t m
     }
     s->vc = ch;
     s->vc_off = off;
-    size_t n = 0;
-    for (; ch && n < max; ch = ch->next) {
+    size_t n = 0, total = 0;
+    for (; ch && n < max && total < enough; ch = ch->next) {
         uint64_t end = off + ch->len;
         if (end > s->sent) {
             size_t skip = s->sent > off ? (size_t)(s->sent - off) : 0;
             vec[n].base = ch->data + skip;
             vec[n].len = ch->len - skip;
+            total += vec[n].len;
             n++;
         }
         off = end;
