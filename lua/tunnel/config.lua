@@ -78,7 +78,7 @@ local function transport(roles)
       { name = "receive_window", type = "size", min = KiB, max = GiB, default = 16 * MiB,
         doc = "largest flow-control window the peer may fill (bytes)" },
       { name = "send_window", type = "size", min = KiB, max = GiB, default = 16 * MiB,
-        doc = "most unacknowledged bytes buffered for sending (bytes)" },
+        doc = "most unacknowledged bytes buffered for sending, per stream (bytes)" },
       { name = "idle_timeout", type = "seconds", min = 1, max = 3600, default = 60,
         doc = "close the connection after this long without a packet" },
       { name = "keep_alive_interval", type = "seconds", min = 0, max = 3600, default = 15,

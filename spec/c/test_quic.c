@@ -1,5 +1,6 @@
 /* QUIC endpoints on loopback in one process: handshake with pinned raw keys, a stream echo
- * with FIN both ways, datagrams, and the identity-mismatch failure. */
+ * with FIN both ways, datagrams, backpressure on a fast writer, and the identity-mismatch
+ * failure. */
 #include "quic/quic.h"
 #include "quic/internal.h" /* tun_sockaddr_equal */
 #include "util/error.h"
@@ -314,6 +315,104 @@ static void test_pingpong(void)
     CHECK_INT_EQ(uv_loop_close(&loop), 0);
 }
 
+/* --- backlog: a fast writer is told to wait once a megabyte waits unsent ---
+ * The send window (4 MiB here) is far from used when the stream reports full: what is read
+ * ahead of the pacer stays in the kernel, where it does not go cold (stream.c, unsent()). */
+#define BL_TOTAL (12u << 20)
+#define BL_BLOCK (64u << 10)
+
+struct bl {
+    struct ctx x;
+    struct tun_qstream *s;
+    uint8_t block[BL_BLOCK];
+    size_t written, first_full, received, resumes, max_unsent, bad_resumes;
+};
+
+static void bl_srv_data(struct tun_qstream *s, const uint8_t *d, size_t n, void *ud)
+{
+    (void)d;
+    struct bl *b = ud;
+    b->received += n;
+    tun_qstream_consume(s, n);
+}
+static void bl_srv_stream(struct tun_qconn *c, struct tun_qstream *s, void *ud)
+{
+    (void)c;
+    struct tun_qstream_cbs cbs = {.on_data = bl_srv_data, .on_fin = srv_fin};
+    tun_qstream_set_cbs(s, &cbs, ud);
+}
+static void bl_srv_conn(struct tun_qep *ep, struct tun_qconn *c, void *ud)
+{
+    (void)ep;
+    struct tun_qconn_cbs cbs = {.on_stream = bl_srv_stream};
+    tun_qconn_set_cbs(c, &cbs, ud);
+}
+/* Write blocks until the stream reports full or everything is written. */
+static void bl_fill(struct bl *b)
+{
+    while (b->written < BL_TOTAL) {
+        int full = tun_qstream_write(b->s, b->block, BL_BLOCK);
+        CHECK(full >= 0);
+        b->written += BL_BLOCK;
+        size_t unsent = (size_t)(b->s->written - b->s->sent);
+        if (unsent > b->max_unsent)
+            b->max_unsent = unsent;
+        if (full == 1) {
+            if (!b->first_full)
+                b->first_full = b->written;
+            return;
+        }
+    }
+    tun_qstream_finish(b->s);
+}
+static void bl_writable(struct tun_qstream *s, void *ud)
+{
+    struct bl *b = ud;
+    b->resumes++;
+    if (s->written - s->sent > TUN_QSTREAM_UNSENT_MAX / 2)
+        b->bad_resumes++;
+    bl_fill(b);
+}
+static void bl_cli_fin(struct tun_qstream *s, void *ud)
+{
+    (void)s;
+    struct bl *b = ud;
+    tun_qconn_close(b->x.cconn, 0, "done");
+}
+static void bl_cli_ready(struct tun_qconn *c, void *ud)
+{
+    struct bl *b = ud;
+    CHECK_INT_EQ(tun_qconn_open_stream(c, &b->s), 0);
+    struct tun_qstream_cbs cbs = {.on_writable = bl_writable, .on_fin = bl_cli_fin};
+    tun_qstream_set_cbs(b->s, &cbs, ud);
+    bl_fill(b);
+}
+
+static void test_backlog(void)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct bl *b = calloc(1, sizeof(*b));
+    struct ctx *x = &b->x;
+    struct tun_qconn_cbs ccbs = {.on_ready = bl_cli_ready, .on_closed = cli_closed};
+    setup_with(x, &loop, NULL, bl_srv_conn, &ccbs, b);
+    CHECK(x->cli->cfg.stream_send_buffer >= 4 * TUN_QSTREAM_UNSENT_MAX);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    /* Full came at the unsent limit, long before the send window, and at most a block over. */
+    CHECK(b->first_full >= TUN_QSTREAM_UNSENT_MAX);
+    CHECK(b->first_full <= TUN_QSTREAM_UNSENT_MAX + BL_BLOCK);
+    CHECK(b->max_unsent <= TUN_QSTREAM_UNSENT_MAX + BL_BLOCK);
+    /* The writer was woken again each time half the backlog had gone, and all of it arrived. */
+    CHECK(b->resumes >= BL_TOTAL / TUN_QSTREAM_UNSENT_MAX - 1);
+    CHECK_INT_EQ(b->bad_resumes, 0);
+    CHECK_INT_EQ(b->written, BL_TOTAL);
+    CHECK_INT_EQ(b->received, BL_TOTAL);
+    CHECK(x->closed);
+    CHECK_INT_EQ(x->endpoints_closed, 2);
+    CHECK_INT_EQ(uv_loop_close(&loop), 0);
+    free(b);
+}
+
 /* tun_qstream_reserve/commit: an empty reservation leaves no chunk behind. */
 static void rs_ready(struct tun_qconn *c, void *ud)
 {
@@ -599,6 +698,7 @@ int main(void)
     test_demux();
     test_echo();
     test_pingpong();
+    test_backlog();
     test_reserve();
     test_identity_mismatch();
     test_migration();

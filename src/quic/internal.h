@@ -15,6 +15,8 @@
 #define TUN_QUIC_MAX_PKT   1500 /* largest UDP payload we build */
 #define TUN_QUIC_MAX_BATCH 64   /* packets per GSO send (the kernel's UDP_MAX_SEGMENTS) */
 #define SBUF_CHUNK         65536
+/* Unsent bytes at which a stream reports full whatever its window (why: stream.c, unsent()). */
+#define TUN_QSTREAM_UNSENT_MAX (1u << 20)
 
 /* Connection-ID routing table: open addressing, keyed by (length, bytes). */
 struct cid_slot {
