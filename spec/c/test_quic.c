@@ -455,6 +455,66 @@ static void test_reserve(void)
     CHECK_INT_EQ(uv_loop_close(&loop), 0);
 }
 
+/* Stream operations (credit, reset) are queued per stream: a flush visits only the streams
+ * queued, however many are open. */
+struct ops {
+    struct ctx x;
+    struct tun_qconn *c;
+    struct tun_qstream *s[50];
+    uv_timer_t t;
+};
+static size_t ops_len(struct tun_qconn *c)
+{
+    size_t n = 0;
+    for (struct tun_qstream *s = c->ops; s; s = s->ops_next)
+        n++;
+    return n;
+}
+static void ops_check_cb(uv_timer_t *t)
+{
+    struct ops *o = t->data;
+    CHECK_INT_EQ(ops_len(o->c), 0); /* the flush after on_ready applied them */
+    CHECK(!o->s[7]->in_ops && o->s[7]->consume_pending == 0);
+    /* A queued stream that goes away leaves the queue. */
+    tun_qstream_consume(o->s[20], 0);
+    tun_qstream_consume(o->s[30], 0);
+    CHECK_INT_EQ(ops_len(o->c), 2);
+    uv_close((uv_handle_t *)t, NULL);
+    tun_qconn_close(o->c, 0, "done"); /* frees the streams, queued or not */
+}
+static void ops_ready(struct tun_qconn *c, void *ud)
+{
+    struct ops *o = ud;
+    o->c = c;
+    for (int i = 0; i < 50; i++)
+        CHECK_INT_EQ(tun_qconn_open_stream(c, &o->s[i]), 0);
+    CHECK_INT_EQ(ops_len(c), 0);
+    tun_qstream_consume(o->s[7], 100);
+    tun_qstream_consume(o->s[7], 50);
+    CHECK_INT_EQ(ops_len(c), 1);
+    CHECK(c->ops == o->s[7] && o->s[7]->consume_pending == 150);
+    tun_qstream_reset(o->s[9], 5);
+    CHECK_INT_EQ(ops_len(c), 2);
+    uv_timer_init(o->x.loop, &o->t);
+    o->t.data = o;
+    uv_timer_start(&o->t, ops_check_cb, 0, 0);
+}
+
+static void test_ops(void)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct ops o;
+    memset(&o, 0, sizeof(o));
+    setup(&o.x, &loop, NULL);
+    struct tun_qconn_cbs ccbs = {.on_ready = ops_ready, .on_closed = cli_closed};
+    tun_qconn_set_cbs(o.x.cconn, &ccbs, &o);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(o.x.closed);
+    CHECK_INT_EQ(o.x.endpoints_closed, 2);
+    CHECK_INT_EQ(uv_loop_close(&loop), 0);
+}
+
 static void test_identity_mismatch(void)
 {
     uv_loop_t loop;
@@ -700,6 +760,7 @@ int main(void)
     test_pingpong();
     test_backlog();
     test_reserve();
+    test_ops();
     test_identity_mismatch();
     test_migration();
     return TEST_DONE();

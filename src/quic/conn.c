@@ -115,7 +115,7 @@ static int recv_stream_data_cb(ngtcp2_conn *conn, uint32_t flags, int64_t sid, u
         if (s->cbs.on_data)
             s->cbs.on_data(s, data, datalen, s->ud);
         else
-            s->consume_pending += datalen; /* nobody reads it: do not stall the peer */
+            tun_qstream_consume(s, datalen); /* nobody reads it: do not stall the peer */
     }
     if ((flags & NGTCP2_STREAM_DATA_FLAG_FIN) && s->cbs.on_fin)
         s->cbs.on_fin(s, s->ud);
@@ -522,9 +522,9 @@ void tun__qconn_read(struct tun_qconn *c, const struct sockaddr *local, const st
 /* Apply what the application asked for since the last flush. */
 static void apply_stream_ops(struct tun_qconn *c)
 {
-    struct tun_qstream *s = c->streams, *next;
-    for (; s; s = next) {
-        next = s->next;
+    while (c->ops) {
+        struct tun_qstream *s = c->ops;
+        tun__qstream_ops_remove(s);
         if (s->consume_pending) {
             ngtcp2_conn_extend_max_stream_offset(c->conn, s->id, s->consume_pending);
             ngtcp2_conn_extend_max_offset(c->conn, s->consume_pending);

@@ -89,7 +89,8 @@ struct tun_qstream {
     void *ud;
     struct tun_qstream *next, *prev;           /* all streams of the connection */
     struct tun_qstream *send_next, *send_prev; /* send queue */
-    int in_sendq;
+    struct tun_qstream *ops_next, *ops_prev;   /* streams with credit or a reset to apply */
+    int in_sendq, in_ops;
     struct sbuf_chunk *head, *tail;
     struct sbuf_chunk *vc; /* chunk where the unsent data starts (a cache) */
     uint64_t vc_off;       /* its stream offset */
@@ -123,6 +124,7 @@ struct tun_qconn {
     uint64_t pdeadline; /* sub-millisecond deadline (tun__now() time), 0: none */
     struct tun_qconn *pnext, *pprev;
     struct tun_qstream *streams;
+    struct tun_qstream *ops; /* see tun__qstream_want_ops */
     struct tun_qstream *sendq_head, *sendq_tail;
     struct dgram *dq_head, *dq_tail;
     size_t dq_len;
@@ -183,6 +185,11 @@ void tun__qstream_acked(struct tun_qstream *s, uint64_t upto);
 size_t tun__qstream_pending_vec(struct tun_qstream *s, ngtcp2_vec *vec, size_t max, size_t enough,
                                 int *fin);
 void tun__qstream_sent(struct tun_qstream *s, size_t n, int fin);
+/* Queue the stream for the next flush, which applies its flow-control credit and reset: the
+ * flush visits only the streams queued, not all of them (a thousand idle forwarded connections
+ * used to cost every flush a walk over a thousand streams). */
+void tun__qstream_want_ops(struct tun_qstream *s);
+void tun__qstream_ops_remove(struct tun_qstream *s);
 void tun__sendq_add(struct tun_qconn *c, struct tun_qstream *s);
 void tun__sendq_remove(struct tun_qconn *c, struct tun_qstream *s);
 

@@ -54,11 +54,40 @@ struct tun_qstream *tun__qstream_new(struct tun_qconn *c, int64_t id)
     return s;
 }
 
+void tun__qstream_want_ops(struct tun_qstream *s)
+{
+    struct tun_qconn *c = s->conn;
+    if (!s->in_ops) {
+        s->in_ops = 1;
+        s->ops_prev = NULL;
+        s->ops_next = c->ops;
+        if (c->ops)
+            c->ops->ops_prev = s;
+        c->ops = s;
+    }
+    tun__qep_mark_dirty(c->ep, c);
+}
+
+void tun__qstream_ops_remove(struct tun_qstream *s)
+{
+    if (!s->in_ops)
+        return;
+    if (s->ops_prev)
+        s->ops_prev->ops_next = s->ops_next;
+    else
+        s->conn->ops = s->ops_next;
+    if (s->ops_next)
+        s->ops_next->ops_prev = s->ops_prev;
+    s->ops_next = s->ops_prev = NULL;
+    s->in_ops = 0;
+}
+
 void tun__qstream_free(struct tun_qstream *s)
 {
     struct tun_qconn *c = s->conn;
     if (s->in_sendq)
         tun__sendq_remove(c, s);
+    tun__qstream_ops_remove(s);
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -275,13 +304,13 @@ void tun_qstream_reset(struct tun_qstream *s, uint64_t code)
     s->reset_requested = 1;
     s->reset_code = code;
     tun__sendq_remove(s->conn, s);
-    tun__qep_mark_dirty(s->conn->ep, s->conn);
+    tun__qstream_want_ops(s);
 }
 
 void tun_qstream_consume(struct tun_qstream *s, size_t n)
 {
     s->consume_pending += n;
-    tun__qep_mark_dirty(s->conn->ep, s->conn);
+    tun__qstream_want_ops(s);
 }
 
 void tun__qstream_acked(struct tun_qstream *s, uint64_t upto)
