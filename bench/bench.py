@@ -11,6 +11,7 @@ Services (run in the "server side" namespace, each until killed):
 Load generators (run in the "client side" namespace, print one JSON line on stdout):
   bench.py tput ADDR:PORT BYTES             one TCP stream of BYTES to a sink
   bench.py ping ADDR:PORT COUNT [SIZE]      COUNT round trips of SIZE bytes (default 64) to an echo
+  bench.py ping-load SINK ECHO COUNT [SIZE] the same to ECHO while a TCP stream to SINK runs
   bench.py udp ADDR:PORT MBITS SECONDS [SIZE]  offer MBITS Mbit/s of SIZE-byte datagrams (1200)
   bench.py hold ADDR:PORT N                 open N connections to an echo, check each with one
                                             byte, print {"ready": N}, keep them open until
@@ -49,6 +50,7 @@ import resource
 import selectors
 import socket
 import struct
+import subprocess
 import sys
 import time
 
@@ -349,8 +351,9 @@ def gen_tput(addr, total):
                                                             dt))
 
 
-def gen_ping(addr, count, size):
+def ping_stats(addr, count, size):
     c = connect(addr)
+    c.settimeout(30.0)
     msg = os.urandom(size)
     rtts = []
     warm = min(200, count // 10)
@@ -369,9 +372,35 @@ def gen_ping(addr, count, size):
     def pct(p):
         return rtts[min(len(rtts) - 1, int(p / 100.0 * len(rtts)))]
 
-    print(json.dumps({"count": count, "size": size, "median_us": pct(50), "p90_us": pct(90),
-                      "p99_us": pct(99), "min_us": rtts[0], "max_us": rtts[-1]}))
-    sys.stderr.write("median %.0f us, p99 %.0f us\n" % (pct(50), pct(99)))
+    return {"count": count, "size": size, "median_us": pct(50), "p90_us": pct(90),
+            "p99_us": pct(99), "min_us": rtts[0], "max_us": rtts[-1]}
+
+
+def gen_ping(addr, count, size):
+    d = ping_stats(addr, count, size)
+    print(json.dumps(d))
+    sys.stderr.write("median %.0f us, p99 %.0f us\n" % (d["median_us"], d["p99_us"]))
+
+
+def gen_ping_load(sink, echo, count, size):
+    """The ping-pong of gen_ping while a bulk transfer to `sink` runs in another process (so
+    the two share no interpreter lock); the transfer is stopped once the round trips are done.
+    Through a relay that carries both forwards on one connection, this is the latency an
+    interactive session sees next to a download."""
+    bulk = subprocess.Popen([sys.executable, os.path.abspath(__file__), "tput", "%s:%d" % sink,
+                             str(1 << 50)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.5)  # let the transfer reach its rate
+    if bulk.poll() is not None:
+        die("the bulk transfer to %s:%d ended early: %s"
+            % (sink[0], sink[1], bulk.stderr.read().decode(errors="replace").strip()))
+    try:
+        d = ping_stats(echo, count, size)
+    finally:
+        bulk.kill()
+        bulk.wait()
+    print(json.dumps(d))
+    sys.stderr.write("during a transfer: median %.0f us, p99 %.0f us\n"
+                     % (d["median_us"], d["p99_us"]))
 
 
 def gen_udp(addr, mbits, seconds, size):
@@ -510,7 +539,6 @@ def relay_metrics(addr):
 
 def first_byte(addr, seconds, direct_seconds, cmd):
     import re
-    import subprocess
     import threading
     marks = {}
     info = {}
@@ -689,6 +717,9 @@ def main(argv):
             gen_tput(hostport(args[0]), int(args[1]))
         elif cmd == "ping":
             gen_ping(hostport(args[0]), int(args[1]), int(args[2]) if len(args) > 2 else 64)
+        elif cmd == "ping-load":
+            gen_ping_load(hostport(args[0]), hostport(args[1]), int(args[2]),
+                          int(args[3]) if len(args) > 3 else 64)
         elif cmd == "udp":
             gen_udp(hostport(args[0]), float(args[1]), float(args[2]),
                     int(args[3]) if len(args) > 3 else 1200)

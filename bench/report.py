@@ -164,27 +164,22 @@ def classic(meta, rows, work, label, tput, med, size, w):
     w("")
 
     # ---------------------------------------------------------------- latency
-    ping, ping_others, ping_rounds = ping_rows(rows)
-    tp = ping.get("tunnel", {}).get("median_us")
     nr = int(meta.get("ping_rounds", "1"))
-    w("### Round-trip time, 64-byte ping-pong on one connection (%s round trips%s)"
-      % (meta["ping_count"], ", %d interleaved rounds" % nr if nr > 1 else ""))
-    w("")
-    w("| path | median µs | p90 µs | p99 µs | tunnel ÷ this (median) | round medians µs "
-      "| other load % |")
-    w("|---|---:|---:|---:|---:|---|---:|")
-    for p in ORDER:
-        if p in ping:
-            d = ping[p]
-            w("| %s | %s | %s | %s | %s | %s | %s |" % (
-                label[p], fmt(d["median_us"]), fmt(d["p90_us"]), fmt(d["p99_us"]),
-                "—" if p == "tunnel" else ratio(tp, d["median_us"]),
-                " ".join(fmt(x) for x in ping_rounds[p]), fmt(ping_others.get(p))))
-    w("")
+    ping = rtt_table(rows, "ping", label, w,
+                     "### Round-trip time, 64-byte ping-pong on one connection (%s round trips%s)"
+                     % (meta["ping_count"], ", %d interleaved rounds" % nr if nr > 1 else ""))
+    tp = ping.get("tunnel", {}).get("median_us")
     if nr > 1:
         w("Each path's figures are the medians of its rounds; every round runs all paths, each "
           "round starting at the next one.")
         w("")
+    rtt_table(rows, "ping-load", label, w,
+              "### Round-trip time during a transfer on the same forwarder (%s round trips, %s "
+              "interleaved rounds)" % (meta.get("load_count", "?"), meta.get("load_rounds", "?")),
+              "The ping-pong above while a 1-stream bulk transfer runs client → server through "
+              "the same path (for the tunnel and `ssh -L`: another forward of the same "
+              "connection; socat: another socat process). The transfer starts half a second "
+              "before the round trips and stops after them.")
 
     # ---------------------------------------------------------------- UDP
     udp = [r for r in rows if r["kind"] == "udp"]
@@ -320,11 +315,36 @@ def profiles(work, w, which):
             w("")
 
 
-def ping_rows(rows):
+def rtt_table(rows, kind, label, w, title, intro=None):
+    """A round-trip table of the `kind` rows (ping, ping-load); returns the per-path medians."""
+    ping, others, rounds = ping_rows(rows, kind)
+    if not ping:
+        return ping
+    tp = ping.get("tunnel", {}).get("median_us")
+    w(title)
+    w("")
+    if intro:
+        w(intro)
+        w("")
+    w("| path | median µs | p90 µs | p99 µs | tunnel ÷ this (median) | round medians µs "
+      "| other load % |")
+    w("|---|---:|---:|---:|---:|---|---:|")
+    for p in ORDER:
+        if p in ping:
+            d = ping[p]
+            w("| %s | %s | %s | %s | %s | %s | %s |" % (
+                label[p], fmt(d["median_us"]), fmt(d["p90_us"]), fmt(d["p99_us"]),
+                "—" if p == "tunnel" else ratio(tp, d["median_us"]),
+                " ".join(fmt(x) for x in rounds[p]), fmt(others.get(p))))
+    w("")
+    return ping
+
+
+def ping_rows(rows, kind="ping"):
     """Ping results per path: medians over the rounds, the other-load mean, the round medians."""
     by = {}
     for r in rows:
-        if r["kind"] == "ping":
+        if r["kind"] == kind:
             by.setdefault(r["path"], []).append(r)
     ping, others, rounds = {}, {}, {}
     for p, rs in by.items():

@@ -100,6 +100,7 @@ else
     PING_COUNT=10000; UDP_SECONDS=3
 fi
 PING_ROUNDS=5                  # the round trips are split into interleaved rounds
+LOAD_COUNT=1000 LOAD_ROUNDS=3  # round trips next to a transfer on the same forwarder
 UDP_RATES="100 300 500 1000"   # Mbit/s offered, 1200-byte datagrams
 HOLD_CONNS=1000
 SRV_IP=10.99.0.1
@@ -430,6 +431,8 @@ meta() { # key=value lines describing the machine and the run, for report.py
     echo "tput_bytes=$TPUT_BYTES"
     echo "ping_count=$PING_COUNT"
     echo "ping_rounds=$PING_ROUNDS"
+    echo "load_count=$LOAD_COUNT"
+    echo "load_rounds=$LOAD_ROUNDS"
     echo "udp_seconds=$UDP_SECONDS"
     echo "hold_conns=$HOLD_CONNS"
     echo "nproc=$(nproc)"
@@ -588,7 +591,8 @@ PATHS=(
 )
 n_paths=${#PATHS[@]}
 n_rates=$(echo "$UDP_RATES" | wc -w)
-TOTAL_STEPS=$((TOTAL_STEPS + 2 + n_paths * PING_ROUNDS + n_paths * RUNS + 2 * n_rates + PROFILE))
+TOTAL_STEPS=$((TOTAL_STEPS + 2 + n_paths * (PING_ROUNDS + LOAD_ROUNDS) + n_paths * RUNS + 2 * n_rates \
+    + PROFILE))
 
 relay_pids() { # "VAR VAR": their values
     local v out=""
@@ -665,6 +669,21 @@ for round in $(seq 1 $PING_ROUNDS); do
         progress "$label: $per_round round trips of 64 bytes, round $round of $PING_ROUNDS"
         gen "$NS_C" 300 "ping-pong through $label" ping "$echo_addr" "$per_round" 64
         record ping "$name" "$GEN_JSON" ",\"round\":$round"
+    done
+done
+
+# ----------------------------------------------------------------------------- latency under load
+# The same ping-pong while a bulk transfer runs through the same forwarder (for the tunnel and
+# ssh: another forward of the same connection): what an interactive session sees next to a
+# download. The transfer starts half a second before the round trips and stops after them.
+for round in $(seq 1 $LOAD_ROUNDS); do
+    for i in $(seq 0 $((n_paths - 1))); do
+        p=${PATHS[$(((i + round - 1) % n_paths))]}
+        IFS='|' read -r name label sink echo_addr vars <<<"$p"
+        progress "$label: $LOAD_COUNT round trips during a transfer, round $round of $LOAD_ROUNDS"
+        gen "$NS_C" 300 "ping-pong during a transfer through $label" ping-load "$sink" \
+            "$echo_addr" "$LOAD_COUNT" 64
+        record ping-load "$name" "$GEN_JSON" ",\"round\":$round"
     done
 done
 

@@ -1,6 +1,6 @@
 /* QUIC endpoints on loopback in one process: handshake with pinned raw keys, a stream echo
- * with FIN both ways, datagrams, backpressure on a fast writer, and the identity-mismatch
- * failure. */
+ * with FIN both ways, datagrams, backpressure on a fast writer, streams taking turns, and the
+ * identity-mismatch failure. */
 #include "quic/quic.h"
 #include "quic/internal.h" /* tun_sockaddr_equal */
 #include "util/error.h"
@@ -413,6 +413,87 @@ static void test_backlog(void)
     free(b);
 }
 
+/* --- fairness: streams with data to send take turns, a packet at a time ---
+ * Three streams written at once: when the first has all arrived, so has most of the others.
+ * First come, first served would deliver them one after the other. */
+#define FR_STREAMS 3
+#define FR_BYTES   (2u << 20)
+
+struct fr {
+    struct ctx x;
+    size_t got[FR_STREAMS], at_first_done[FR_STREAMS];
+    int done, finished;
+};
+
+static void fr_srv_data(struct tun_qstream *s, const uint8_t *d, size_t n, void *ud)
+{
+    (void)d;
+    struct fr *f = ud;
+    int64_t i = tun_qstream_id(s) / 4;
+    CHECK(i >= 0 && i < FR_STREAMS);
+    if (i < 0 || i >= FR_STREAMS)
+        return;
+    f->got[i] += n;
+    if (f->got[i] == FR_BYTES && !f->done) {
+        f->done = 1;
+        memcpy(f->at_first_done, f->got, sizeof(f->got));
+    }
+    tun_qstream_consume(s, n);
+}
+static void fr_srv_fin(struct tun_qstream *s, void *ud)
+{
+    struct fr *f = ud;
+    tun_qstream_finish(s);
+    if (++f->finished == FR_STREAMS)
+        tun_qconn_close(tun_qstream_conn(s), 0, "done");
+}
+static void fr_srv_stream(struct tun_qconn *c, struct tun_qstream *s, void *ud)
+{
+    (void)c;
+    struct tun_qstream_cbs cbs = {.on_data = fr_srv_data, .on_fin = fr_srv_fin};
+    tun_qstream_set_cbs(s, &cbs, ud);
+}
+static void fr_srv_conn(struct tun_qep *ep, struct tun_qconn *c, void *ud)
+{
+    (void)ep;
+    struct tun_qconn_cbs cbs = {.on_stream = fr_srv_stream, .on_closed = cli_closed};
+    tun_qconn_set_cbs(c, &cbs, ud);
+}
+static void fr_cli_ready(struct tun_qconn *c, void *ud)
+{
+    (void)ud;
+    uint8_t *buf = calloc(1, FR_BYTES);
+    for (int i = 0; i < FR_STREAMS; i++) {
+        struct tun_qstream *s;
+        CHECK_INT_EQ(tun_qconn_open_stream(c, &s), 0);
+        CHECK(tun_qstream_write(s, buf, FR_BYTES) >= 0);
+        tun_qstream_finish(s);
+    }
+    free(buf);
+}
+
+static void test_fair(void)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct fr f;
+    memset(&f, 0, sizeof(f));
+    struct tun_qconn_cbs ccbs = {.on_ready = fr_cli_ready};
+    setup_with(&f.x, &loop, NULL, fr_srv_conn, &ccbs, &f);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(f.done);
+    for (int i = 0; i < FR_STREAMS; i++) {
+        CHECK_INT_EQ(f.got[i], FR_BYTES);
+        if (f.at_first_done[i] < FR_BYTES * 3 / 4)
+            fprintf(stderr, "fair: stream %d had %zu of %u bytes when the first was done\n", i,
+                    f.at_first_done[i], FR_BYTES);
+        CHECK(f.at_first_done[i] >= FR_BYTES * 3 / 4);
+    }
+    CHECK(f.x.closed);
+    CHECK_INT_EQ(f.x.endpoints_closed, 2);
+    CHECK_INT_EQ(uv_loop_close(&loop), 0);
+}
+
 /* tun_qstream_reserve/commit: an empty reservation leaves no chunk behind. */
 static void rs_ready(struct tun_qconn *c, void *ud)
 {
@@ -759,6 +840,7 @@ int main(void)
     test_echo();
     test_pingpong();
     test_backlog();
+    test_fair();
     test_reserve();
     test_ops();
     test_identity_mismatch();

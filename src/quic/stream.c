@@ -370,10 +370,19 @@ size_t tun__qstream_pending_vec(struct tun_qstream *s, ngtcp2_vec *vec, size_t m
 
 void tun__qstream_sent(struct tun_qstream *s, size_t n, int fin)
 {
+    struct tun_qconn *c = s->conn;
     s->sent += n;
     if (fin && s->sent == s->written)
         s->fin_sent = 1;
-    if (!has_pending(s))
-        tun__sendq_remove(s->conn, s);
+    if (!has_pending(s)) {
+        tun__sendq_remove(c, s);
+    } else if (n && s->send_next) {
+        /* Round robin, a packet at a time: a stream that sent and has more goes behind the
+         * others. First come, first served let a bulk transfer that never ran dry (any link
+         * slower than its source) hold every packet, and the other forwarded connections of
+         * the client waited for it to end: an interactive one's round trip timed out. */
+        tun__sendq_remove(c, s);
+        tun__sendq_add(c, s);
+    }
     maybe_writable(s);
 }
