@@ -31,6 +31,9 @@ Checks (connect to --host, default 127.0.0.1, and --port):
       Sends N pseudo-random bytes while reading the echo concurrently, half-closes after
       sending, reads to EOF. Prints "SENT <sha256> RECV <sha256> BYTES <received>".
       Exit 0 only if both digests and the byte count match.
+  tcp-pingpong --port P --count N
+      N round trips of 64 bytes on one connection, each checked. Prints "ROUNDTRIPS <n>
+      MEDIAN_MS <ms>" once done.
   tcp-many   --port P --count 200 --bytes 10000
       Opens all connections first (they are all open at once), then each sends its own bytes
       and checks its own echo. Prints "OK <count>" or "FAIL <failed>/<count>" and the errors.
@@ -259,6 +262,30 @@ def tcp_bulk(a):
         err(p)
     ok = not problems and received == a.bytes and sent_hash.digest() == recv_hash.digest()
     return 0 if ok else 1
+
+
+def tcp_pingpong(a):
+    s = connect(a)
+    times = []
+    for i in range(a.count):
+        msg = pseudo_random(a.seed + i, 64)
+        t0 = time.monotonic()
+        s.sendall(msg)
+        got = b""
+        while len(got) < len(msg):
+            d = s.recv(len(msg) - len(got))
+            if not d:
+                err("connection closed after %d round trips" % i)
+                return 1
+            got += d
+        if got != msg:
+            err("round trip %d: wrong echo" % i)
+            return 1
+        times.append(time.monotonic() - t0)
+    s.close()
+    times.sort()
+    out("ROUNDTRIPS %d MEDIAN_MS %.2f" % (a.count, 1000 * times[len(times) // 2]))
+    return 0
 
 
 def tcp_many(a):
@@ -523,6 +550,7 @@ def main():
     command("tcp-rst", tcp_rst, True)
     command("tcp-reset-probe", tcp_reset_probe).add_argument("--abort", action="store_true")
     command("tcp-bulk", tcp_bulk).add_argument("--bytes", type=int, required=True)
+    command("tcp-pingpong", tcp_pingpong).add_argument("--count", type=int, default=20)
     c = command("tcp-many", tcp_many)
     c.add_argument("--count", type=int, default=200)
     c.add_argument("--bytes", type=int, default=10000)
