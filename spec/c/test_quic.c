@@ -173,6 +173,21 @@ static void setup(struct ctx *x, uv_loop_t *loop, const uint8_t *pin)
     setup_with(x, loop, pin, srv_conn, &ccbs, x);
 }
 
+/* Connect, hand the ready connection to `ready` (with `ud`, whose first member is `x`), run until
+ * it closed the connection, and check that everything shut down. */
+static void run_ready(struct ctx *x, void (*ready)(struct tun_qconn *, void *), void *ud)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    setup(x, &loop, NULL);
+    struct tun_qconn_cbs ccbs = {.on_ready = ready, .on_closed = cli_closed};
+    tun_qconn_set_cbs(x->cconn, &ccbs, ud);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(x->closed);
+    CHECK_INT_EQ(x->endpoints_closed, 2);
+    CHECK_INT_EQ(uv_loop_close(&loop), 0);
+}
+
 static void test_echo(void)
 {
     uv_loop_t loop;
@@ -494,6 +509,34 @@ static void test_fair(void)
     CHECK_INT_EQ(uv_loop_close(&loop), 0);
 }
 
+/* --- the unsent megabyte is shared by the streams waiting to send --- */
+static void share_ready(struct tun_qconn *c, void *ud)
+{
+    (void)ud;
+    static uint8_t block[64 << 10];
+    struct tun_qstream *s[4];
+    size_t at_full[4] = {0}, written[4] = {0};
+    for (int i = 0; i < 4; i++)
+        CHECK_INT_EQ(tun_qconn_open_stream(c, &s[i]), 0);
+    /* Nothing is sent while this callback runs: written bytes are unsent bytes. */
+    for (int round = 0; round < 32; round++)
+        for (int i = 0; i < 4; i++)
+            if (!at_full[i]) {
+                written[i] += sizeof(block);
+                if (tun_qstream_write(s[i], block, sizeof(block)) == 1)
+                    at_full[i] = written[i];
+            }
+    for (int i = 0; i < 4; i++)
+        CHECK_INT_EQ(at_full[i], TUN_QSTREAM_UNSENT_MAX / 4);
+    tun_qconn_close(c, 0, "done");
+}
+
+static void test_share(void)
+{
+    struct ctx x;
+    run_ready(&x, share_ready, &x);
+}
+
 /* tun_qstream_reserve/commit: an empty reservation leaves no chunk behind. */
 static void rs_ready(struct tun_qconn *c, void *ud)
 {
@@ -524,16 +567,8 @@ static void rs_ready(struct tun_qconn *c, void *ud)
 
 static void test_reserve(void)
 {
-    uv_loop_t loop;
-    uv_loop_init(&loop);
     struct ctx x;
-    setup(&x, &loop, NULL);
-    struct tun_qconn_cbs ccbs = {.on_ready = rs_ready, .on_closed = cli_closed};
-    tun_qconn_set_cbs(x.cconn, &ccbs, &x);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    CHECK(x.closed);
-    CHECK_INT_EQ(x.endpoints_closed, 2);
-    CHECK_INT_EQ(uv_loop_close(&loop), 0);
+    run_ready(&x, rs_ready, &x);
 }
 
 /* Stream operations (credit, reset) are queued per stream: a flush visits only the streams
@@ -583,17 +618,9 @@ static void ops_ready(struct tun_qconn *c, void *ud)
 
 static void test_ops(void)
 {
-    uv_loop_t loop;
-    uv_loop_init(&loop);
     struct ops o;
     memset(&o, 0, sizeof(o));
-    setup(&o.x, &loop, NULL);
-    struct tun_qconn_cbs ccbs = {.on_ready = ops_ready, .on_closed = cli_closed};
-    tun_qconn_set_cbs(o.x.cconn, &ccbs, &o);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    CHECK(o.x.closed);
-    CHECK_INT_EQ(o.x.endpoints_closed, 2);
-    CHECK_INT_EQ(uv_loop_close(&loop), 0);
+    run_ready(&o.x, ops_ready, &o);
 }
 
 static void test_identity_mismatch(void)
@@ -841,6 +868,7 @@ int main(void)
     test_pingpong();
     test_backlog();
     test_fair();
+    test_share();
     test_reserve();
     test_ops();
     test_identity_mismatch();

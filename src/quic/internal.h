@@ -15,8 +15,10 @@
 #define TUN_QUIC_MAX_PKT   1500 /* largest UDP payload we build */
 #define TUN_QUIC_MAX_BATCH 64   /* packets per GSO send (the kernel's UDP_MAX_SEGMENTS) */
 #define SBUF_CHUNK         65536
-/* Unsent bytes at which a stream reports full whatever its window (why: stream.c, unsent()). */
+/* Unsent bytes at which the streams of a connection report full whatever their windows, shared
+ * among the streams waiting to send, each allowed at least the minimum (why: stream.c). */
 #define TUN_QSTREAM_UNSENT_MAX (1u << 20)
+#define TUN_QSTREAM_UNSENT_MIN (64u << 10)
 
 /* Connection-ID routing table: open addressing, keyed by (length, bytes). */
 struct cid_slot {
@@ -126,6 +128,7 @@ struct tun_qconn {
     struct tun_qstream *streams;
     struct tun_qstream *ops; /* see tun__qstream_want_ops */
     struct tun_qstream *sendq_head, *sendq_tail;
+    uint32_t nsendq; /* streams in the send queue */
     struct dgram *dq_head, *dq_tail;
     size_t dq_len;
     uint64_t dgrams_dropped;

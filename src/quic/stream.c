@@ -108,6 +108,7 @@ void tun__sendq_add(struct tun_qconn *c, struct tun_qstream *s)
     if (s->in_sendq)
         return;
     s->in_sendq = 1;
+    c->nsendq++;
     s->send_next = NULL;
     s->send_prev = c->sendq_tail;
     if (c->sendq_tail)
@@ -130,6 +131,7 @@ void tun__sendq_remove(struct tun_qconn *c, struct tun_qstream *s)
     else
         c->sendq_tail = s->send_prev;
     s->in_sendq = 0;
+    c->nsendq--;
     s->send_next = s->send_prev = NULL;
 }
 
@@ -184,20 +186,27 @@ static int add_chunk(struct tun_qstream *s)
 }
 
 /*
- * A stream also reports full once TUN_QSTREAM_UNSENT_MAX of its data waits unsent, however
+ * A stream also reports full once its share of TUN_QSTREAM_UNSENT_MAX waits unsent, however
  * large the send window: like TCP_NOTSENT_LOWAT, the backlog stays in the kernel's socket buffer
- * and the source feels the backpressure. Without it a fast source filled the whole window (16 MiB
- * by default) ahead of the pacer: on a 200 Mbit/s link the sender's peak RSS grew by 16.4 MB per
- * busy stream, now by 1.2 MB. What we read is also sent before it leaves the CPU's caches (ngtcp2
- * copies it into packets: 12 % of the sender's CPU): on the benchmark's two-CPU veth 7 % less
- * sender CPU and 9-10 % more throughput where the sender's CPU is not shared with the receiver
- * (unpinned, no difference measured).
- * A megabyte is a millisecond of sending at 8 Gbit/s, far longer than the loop takes to read
- * more, so the pacer never waits for data.
+ * and the source feels the backpressure. The megabyte is shared by the streams waiting to send
+ * (each keeps at least TUN_QSTREAM_UNSENT_MIN), so many busy streams hold no more than one. Without
+ * it a fast source filled the whole window (16 MiB by default) ahead of the pacer: on a 200 Mbit/s
+ * link the sender's peak RSS grew by 16.4 MB per busy stream, now by 1.2 MB. What we read is also
+ * sent before it leaves the CPU's caches (ngtcp2 copies it into packets: 12 % of the sender's CPU):
+ * on the benchmark's two-CPU veth 7 % less sender CPU and 9-10 % more throughput where the sender's
+ * CPU is not shared with the receiver (unpinned, no difference measured). A megabyte is a
+ * millisecond of sending at 8 Gbit/s, far longer than the loop takes to read more, so the pacer
+ * never waits for data.
  */
 static size_t unsent(const struct tun_qstream *s)
 {
     return (size_t)(s->written - s->sent);
+}
+
+static size_t unsent_limit(const struct tun_qconn *c)
+{
+    size_t share = TUN_QSTREAM_UNSENT_MAX / (c->nsendq ? c->nsendq : 1);
+    return share < TUN_QSTREAM_UNSENT_MIN ? TUN_QSTREAM_UNSENT_MIN : share;
 }
 
 /* After bytes were added: queue the stream for sending and report a full buffer. */
@@ -207,8 +216,7 @@ static int written(struct tun_qstream *s)
     if (!s->blocked)
         tun__sendq_add(c, s);
     tun__qep_mark_dirty(c->ep, c);
-    if (tun_qstream_buffered(s) >= c->ep->cfg.stream_send_buffer ||
-        unsent(s) >= TUN_QSTREAM_UNSENT_MAX) {
+    if (tun_qstream_buffered(s) >= c->ep->cfg.stream_send_buffer || unsent(s) >= unsent_limit(c)) {
         s->full = 1;
         return 1;
     }
@@ -220,7 +228,7 @@ static int written(struct tun_qstream *s)
 static void maybe_writable(struct tun_qstream *s)
 {
     if (s->full && tun_qstream_buffered(s) <= s->conn->ep->cfg.stream_send_buffer / 2 &&
-        unsent(s) <= TUN_QSTREAM_UNSENT_MAX / 2) {
+        unsent(s) <= unsent_limit(s->conn) / 2) {
         s->full = 0;
         if (s->cbs.on_writable)
             s->cbs.on_writable(s, s->ud);
