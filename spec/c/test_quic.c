@@ -16,7 +16,9 @@
 struct ctx {
     uv_loop_t *loop;
     struct tun_qep *srv, *cli;
-    struct tun_qconn *cconn;
+    struct tun_qconn *cconn, *sconn;       /* sconn: the server's, once it has a stream */
+    struct tun_qconn_cbs srv_conn_cbs;     /* for the server's connections (setup_with) */
+    struct tun_qstream_cbs srv_stream_cbs; /* for every stream the server accepts */
     uint8_t srv_pub[32], cli_seen_srv[32];
     size_t echoed, received, mismatches;
     int srv_fin, cli_fin, ready, closed, dgram_back, srv_saw_client_key;
@@ -75,11 +77,19 @@ static void srv_ready(struct tun_qconn *c, void *ud)
     struct ctx *x = ud;
     x->srv_saw_client_key = tun_qconn_peer_key(c) != NULL;
 }
-static void srv_conn(struct tun_qep *ep, struct tun_qconn *c, void *ud)
+/* The server side of setup_with: its connections and streams get the callbacks kept in the
+ * ctx (the first member of `ud`). */
+static void any_srv_stream(struct tun_qconn *c, struct tun_qstream *s, void *ud)
+{
+    struct ctx *x = ud;
+    x->sconn = c;
+    tun_qstream_set_cbs(s, &x->srv_stream_cbs, ud);
+}
+static void any_srv_conn(struct tun_qep *ep, struct tun_qconn *c, void *ud)
 {
     (void)ep;
-    struct tun_qconn_cbs cbs = {
-        .on_ready = srv_ready, .on_stream = srv_stream, .on_datagram = srv_dgram};
+    struct tun_qconn_cbs cbs = ((struct ctx *)ud)->srv_conn_cbs;
+    cbs.on_stream = any_srv_stream;
     tun_qconn_set_cbs(c, &cbs, ud);
 }
 
@@ -143,21 +153,25 @@ static void cli_closed(struct tun_qconn *c, const struct tun_qclose_info *why, v
 }
 
 /* Two endpoints on loopback and a connection from one to the other; `ud` (whose first member
- * is the ctx) goes to every callback. */
+ * is the ctx) goes to every callback. The server's connections get `scbs` (its on_stream is
+ * ours) and its streams `sscbs`; the client's connection gets `ccbs`. */
 static void setup_with(struct ctx *x, uv_loop_t *loop, const uint8_t *pin,
-                       void (*on_conn)(struct tun_qep *, struct tun_qconn *, void *),
+                       const struct tun_qconn_cbs *scbs, const struct tun_qstream_cbs *sscbs,
                        const struct tun_qconn_cbs *ccbs, void *ud)
 {
     memset(x, 0, sizeof(*x));
     x->loop = loop;
+    if (scbs)
+        x->srv_conn_cbs = *scbs;
+    x->srv_stream_cbs = *sscbs;
     uint8_t ssec[32], csec[32], sk[64];
     randombytes_buf(ssec, 32);
     randombytes_buf(csec, 32);
     CHECK_INT_EQ(crypto_sign_seed_keypair(x->srv_pub, sk, ssec), 0);
     struct sockaddr_in a;
     uv_ip4_addr("127.0.0.1", 0, &a);
-    struct tun_qep_cbs scbs = {.on_conn = on_conn};
-    CHECK_INT_EQ(tun_qep_new(loop, (struct sockaddr *)&a, ssec, 1, NULL, &scbs, ud, &x->srv), 0);
+    struct tun_qep_cbs epcbs = {.on_conn = any_srv_conn};
+    CHECK_INT_EQ(tun_qep_new(loop, (struct sockaddr *)&a, ssec, 1, NULL, &epcbs, ud, &x->srv), 0);
     CHECK_INT_EQ(tun_qep_new(loop, (struct sockaddr *)&a, csec, 0, NULL, NULL, ud, &x->cli), 0);
     struct sockaddr_storage sa;
     tun_qep_local_addr(x->srv, &sa);
@@ -170,7 +184,9 @@ static void setup(struct ctx *x, uv_loop_t *loop, const uint8_t *pin)
 {
     struct tun_qconn_cbs ccbs = {
         .on_ready = cli_ready, .on_datagram = cli_dgram, .on_closed = cli_closed};
-    setup_with(x, loop, pin, srv_conn, &ccbs, x);
+    struct tun_qconn_cbs scbs = {.on_ready = srv_ready, .on_datagram = srv_dgram};
+    struct tun_qstream_cbs sscbs = {.on_data = srv_data, .on_fin = srv_fin};
+    setup_with(x, loop, pin, &scbs, &sscbs, &ccbs, x);
 }
 
 /* Connect, hand the ready connection to `ready` (with `ud`, whose first member is `x`), run until
@@ -221,7 +237,6 @@ static void test_echo(void)
 struct pp {
     struct ctx x;
     struct tun_qstream *s;
-    struct tun_qconn *sconn;
     int rounds, got, silent;
     uint64_t ctx0, stx0, ctx1, stx1;
     uint64_t in_flight_after;
@@ -234,19 +249,6 @@ static void pp_srv_data(struct tun_qstream *s, const uint8_t *d, size_t n, void 
     tun_qstream_consume(s, n);
     if (!p->silent)
         tun_qstream_write(s, d, n);
-}
-static void pp_srv_stream(struct tun_qconn *c, struct tun_qstream *s, void *ud)
-{
-    struct pp *p = ud;
-    p->sconn = c;
-    struct tun_qstream_cbs cbs = {.on_data = pp_srv_data};
-    tun_qstream_set_cbs(s, &cbs, ud);
-}
-static void pp_srv_conn(struct tun_qep *ep, struct tun_qconn *c, void *ud)
-{
-    (void)ep;
-    struct tun_qconn_cbs cbs = {.on_stream = pp_srv_stream};
-    tun_qconn_set_cbs(c, &cbs, ud);
 }
 static uint64_t pp_tx(struct tun_qconn *c)
 {
@@ -281,11 +283,11 @@ static void pp_cli_data(struct tun_qstream *s, const uint8_t *d, size_t n, void 
     p->rounds++;
     if (p->rounds == PP_SKIP) {
         p->ctx0 = pp_tx(p->x.cconn);
-        p->stx0 = pp_tx(p->sconn);
+        p->stx0 = pp_tx(p->x.sconn);
     }
     if (p->rounds == PP_SKIP + PP_ROUNDS) {
         p->ctx1 = pp_tx(p->x.cconn);
-        p->stx1 = pp_tx(p->sconn);
+        p->stx1 = pp_tx(p->x.sconn);
         /* A last message without an answer: its ACK must come on its own. */
         p->silent = 1;
         pp_send(p);
@@ -313,7 +315,8 @@ static void test_pingpong(void)
     memset(&p, 0, sizeof(p));
     struct ctx *x = &p.x;
     struct tun_qconn_cbs ccbs = {.on_ready = pp_cli_ready, .on_closed = cli_closed};
-    setup_with(x, &loop, NULL, pp_srv_conn, &ccbs, &p);
+    struct tun_qstream_cbs sscbs = {.on_data = pp_srv_data};
+    setup_with(x, &loop, NULL, NULL, &sscbs, &ccbs, &p);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_INT_EQ(p.rounds, PP_SKIP + PP_ROUNDS);
     uint64_t c = p.ctx1 - p.ctx0, sv = p.stx1 - p.stx0;
@@ -349,18 +352,6 @@ static void bl_srv_data(struct tun_qstream *s, const uint8_t *d, size_t n, void 
     struct bl *b = ud;
     b->received += n;
     tun_qstream_consume(s, n);
-}
-static void bl_srv_stream(struct tun_qconn *c, struct tun_qstream *s, void *ud)
-{
-    (void)c;
-    struct tun_qstream_cbs cbs = {.on_data = bl_srv_data, .on_fin = srv_fin};
-    tun_qstream_set_cbs(s, &cbs, ud);
-}
-static void bl_srv_conn(struct tun_qep *ep, struct tun_qconn *c, void *ud)
-{
-    (void)ep;
-    struct tun_qconn_cbs cbs = {.on_stream = bl_srv_stream};
-    tun_qconn_set_cbs(c, &cbs, ud);
 }
 /* Write blocks until the stream reports full or everything is written. */
 static void bl_fill(struct bl *b)
@@ -410,7 +401,8 @@ static void test_backlog(void)
     struct bl *b = calloc(1, sizeof(*b));
     struct ctx *x = &b->x;
     struct tun_qconn_cbs ccbs = {.on_ready = bl_cli_ready, .on_closed = cli_closed};
-    setup_with(x, &loop, NULL, bl_srv_conn, &ccbs, b);
+    struct tun_qstream_cbs sscbs = {.on_data = bl_srv_data, .on_fin = srv_fin};
+    setup_with(x, &loop, NULL, NULL, &sscbs, &ccbs, b);
     CHECK(x->cli->cfg.stream_send_buffer >= 4 * TUN_QSTREAM_UNSENT_MAX);
     uv_run(&loop, UV_RUN_DEFAULT);
     /* Full came at the unsent limit, long before the send window, and at most a block over. */
@@ -462,18 +454,6 @@ static void fr_srv_fin(struct tun_qstream *s, void *ud)
     if (++f->finished == FR_STREAMS)
         tun_qconn_close(tun_qstream_conn(s), 0, "done");
 }
-static void fr_srv_stream(struct tun_qconn *c, struct tun_qstream *s, void *ud)
-{
-    (void)c;
-    struct tun_qstream_cbs cbs = {.on_data = fr_srv_data, .on_fin = fr_srv_fin};
-    tun_qstream_set_cbs(s, &cbs, ud);
-}
-static void fr_srv_conn(struct tun_qep *ep, struct tun_qconn *c, void *ud)
-{
-    (void)ep;
-    struct tun_qconn_cbs cbs = {.on_stream = fr_srv_stream, .on_closed = cli_closed};
-    tun_qconn_set_cbs(c, &cbs, ud);
-}
 static void fr_cli_ready(struct tun_qconn *c, void *ud)
 {
     (void)ud;
@@ -494,7 +474,9 @@ static void test_fair(void)
     struct fr f;
     memset(&f, 0, sizeof(f));
     struct tun_qconn_cbs ccbs = {.on_ready = fr_cli_ready};
-    setup_with(&f.x, &loop, NULL, fr_srv_conn, &ccbs, &f);
+    struct tun_qconn_cbs scbs = {.on_closed = cli_closed};
+    struct tun_qstream_cbs sscbs = {.on_data = fr_srv_data, .on_fin = fr_srv_fin};
+    setup_with(&f.x, &loop, NULL, &scbs, &sscbs, &ccbs, &f);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK(f.done);
     for (int i = 0; i < FR_STREAMS; i++) {

@@ -111,6 +111,17 @@ def connect(a):
     return socket.create_connection((a.host, a.port), timeout=a.idle)
 
 
+def read_upto(s, n):
+    """Read until n bytes came or the peer closed; returns what came (short at EOF)."""
+    got = bytearray()
+    while len(got) < n:
+        d = s.recv(min(65536, n - len(got)))
+        if not d:
+            break
+        got += d
+    return bytes(got)
+
+
 def pseudo_random(seed, n):
     return random.Random(seed).randbytes(n)
 
@@ -271,13 +282,10 @@ def tcp_pingpong(a):
         msg = pseudo_random(a.seed + i, 64)
         t0 = time.monotonic()
         s.sendall(msg)
-        got = b""
-        while len(got) < len(msg):
-            d = s.recv(len(msg) - len(got))
-            if not d:
-                err("connection closed after %d round trips" % i)
-                return 1
-            got += d
+        got = read_upto(s, len(msg))
+        if len(got) < len(msg):
+            err("connection closed after %d round trips" % i)
+            return 1
         if got != msg:
             err("round trip %d: wrong echo" % i)
             return 1
@@ -308,13 +316,8 @@ def tcp_many(a):
         try:
             data = pseudo_random(a.seed * 100003 + i, a.bytes)
             s.sendall(data)
-            got = bytearray()
-            while len(got) < len(data):
-                d = s.recv(65536)
-                if not d:
-                    break
-                got += d
-            if errors[i] is None and bytes(got) != data:
+            got = read_upto(s, len(data))
+            if errors[i] is None and got != data:
                 errors[i] = "echo differs: sent %d bytes, got %d" % (len(data), len(got))
         except OSError as e:
             errors[i] = errors[i] or "transfer: %s" % e
@@ -406,14 +409,10 @@ def tcp_reset_probe(a):
     s = connect(a)
     probe = b"probe\n"
     s.sendall(probe)
-    got = b""
     try:
-        while len(got) < len(probe):
-            d = s.recv(4096)
-            if not d:
-                out("EOF")
-                return 1
-            got += d
+        if len(read_upto(s, len(probe))) < len(probe):
+            out("EOF")
+            return 1
     except ConnectionResetError:
         out("RESET")
         return 0

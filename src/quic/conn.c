@@ -522,9 +522,8 @@ void tun__qconn_read(struct tun_qconn *c, const struct sockaddr *local, const st
 /* Apply what the application asked for since the last flush. */
 static void apply_stream_ops(struct tun_qconn *c)
 {
-    while (c->ops) {
-        struct tun_qstream *s = c->ops;
-        tun__qstream_ops_remove(s);
+    struct tun_qstream *s;
+    while ((s = tun__qstream_ops_pop(c))) {
         if (s->consume_pending) {
             ngtcp2_conn_extend_max_stream_offset(c->conn, s->id, s->consume_pending);
             ngtcp2_conn_extend_max_offset(c->conn, s->consume_pending);

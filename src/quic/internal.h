@@ -91,7 +91,7 @@ struct tun_qstream {
     void *ud;
     struct tun_qstream *next, *prev;           /* all streams of the connection */
     struct tun_qstream *send_next, *send_prev; /* send queue */
-    struct tun_qstream *ops_next, *ops_prev;   /* streams with credit or a reset to apply */
+    struct tun_qstream *ops_next;              /* streams with credit or a reset to apply */
     int in_sendq, in_ops;
     struct sbuf_chunk *head, *tail;
     struct sbuf_chunk *vc; /* chunk where the unsent data starts (a cache) */
@@ -192,7 +192,8 @@ void tun__qstream_sent(struct tun_qstream *s, size_t n, int fin);
  * flush visits only the streams queued, not all of them (a thousand idle forwarded connections
  * used to cost every flush a walk over a thousand streams). */
 void tun__qstream_want_ops(struct tun_qstream *s);
-void tun__qstream_ops_remove(struct tun_qstream *s);
+/* The next queued stream, taken off the queue; NULL when none is left. */
+struct tun_qstream *tun__qstream_ops_pop(struct tun_qconn *c);
 void tun__sendq_add(struct tun_qconn *c, struct tun_qstream *s);
 void tun__sendq_remove(struct tun_qconn *c, struct tun_qstream *s);
 

@@ -59,27 +59,21 @@ void tun__qstream_want_ops(struct tun_qstream *s)
     struct tun_qconn *c = s->conn;
     if (!s->in_ops) {
         s->in_ops = 1;
-        s->ops_prev = NULL;
         s->ops_next = c->ops;
-        if (c->ops)
-            c->ops->ops_prev = s;
         c->ops = s;
     }
     tun__qep_mark_dirty(c->ep, c);
 }
 
-void tun__qstream_ops_remove(struct tun_qstream *s)
+struct tun_qstream *tun__qstream_ops_pop(struct tun_qconn *c)
 {
-    if (!s->in_ops)
-        return;
-    if (s->ops_prev)
-        s->ops_prev->ops_next = s->ops_next;
-    else
-        s->conn->ops = s->ops_next;
-    if (s->ops_next)
-        s->ops_next->ops_prev = s->ops_prev;
-    s->ops_next = s->ops_prev = NULL;
-    s->in_ops = 0;
+    struct tun_qstream *s = c->ops;
+    if (s) {
+        c->ops = s->ops_next;
+        s->ops_next = NULL;
+        s->in_ops = 0;
+    }
+    return s;
 }
 
 void tun__qstream_free(struct tun_qstream *s)
@@ -87,7 +81,12 @@ void tun__qstream_free(struct tun_qstream *s)
     struct tun_qconn *c = s->conn;
     if (s->in_sendq)
         tun__sendq_remove(c, s);
-    tun__qstream_ops_remove(s);
+    if (s->in_ops) { /* the queue lives until the next flush: short, rarely walked */
+        struct tun_qstream **pp = &c->ops;
+        while (*pp != s)
+            pp = &(*pp)->ops_next;
+        *pp = s->ops_next;
+    }
     if (s->prev)
         s->prev->next = s->next;
     else
