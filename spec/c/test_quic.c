@@ -24,6 +24,7 @@ struct ctx {
     int srv_fin, cli_fin, ready, closed, dgram_back, srv_saw_client_key;
     struct tun_qclose_info why;
     int endpoints_closed;
+    struct tun_udp_stats cli_udp, srv_udp; /* when the client's connection closed */
 };
 
 static uint8_t pattern(size_t i)
@@ -148,6 +149,8 @@ static void cli_closed(struct tun_qconn *c, const struct tun_qclose_info *why, v
     (void)c;
     x->closed = 1;
     x->why = *why;
+    tun_qep_get_udp_stats(x->cli, &x->cli_udp);
+    tun_qep_get_udp_stats(x->srv, &x->srv_udp);
     tun_qep_close(x->cli, 0, ep_closed, x);
     tun_qep_close(x->srv, 0, ep_closed, x);
 }
@@ -223,6 +226,40 @@ static void test_echo(void)
     if (!(x.closed && x.why.local && x.why.app))
         fprintf(stderr, "closed: local=%d app=%d code=%llu err=%d reason=%s\n", x.why.local,
                 x.why.app, (unsigned long long)x.why.code, x.why.err, x.why.reason);
+    CHECK_INT_EQ(x.endpoints_closed, 2);
+    CHECK_INT_EQ(uv_loop_close(&loop), 0);
+    /* After the handshake each side sent and received through a socket connected to the other
+     * (net/udp.c, tun_udp_connect); the client's closed with its connection, the server's
+     * stays until its connection has finished closing. */
+    CHECK_INT_EQ(x.cli_udp.conns_opened, 1);
+    CHECK_INT_EQ(x.cli_udp.conns, 0);
+    CHECK_INT_EQ(x.srv_udp.conns_opened, 1);
+    CHECK_INT_EQ(x.srv_udp.conns, 1);
+    /* Nearly everything: 4 MiB each way is about 3,000 packets; only the handshake's (and
+     * what left before the connection's first flush after it) went through the main socket. */
+    CHECK(x.cli_udp.tx_conn > 2500 && x.cli_udp.tx_conn + 30 > x.cli_udp.tx_packets);
+    CHECK(x.cli_udp.rx_conn > 2500 && x.cli_udp.rx_conn + 30 > x.cli_udp.rx_packets);
+    CHECK(x.srv_udp.tx_conn > 2500 && x.srv_udp.tx_conn + 30 > x.srv_udp.tx_packets);
+    CHECK(x.srv_udp.rx_conn > 2500 && x.srv_udp.rx_conn + 30 > x.srv_udp.rx_packets);
+}
+
+/* Without connected sockets (TUNNEL_NO_UDP_CONNECT=1) everything goes through the endpoint's
+ * socket, as before. */
+static void test_echo_unconnected(void)
+{
+    setenv("TUNNEL_NO_UDP_CONNECT", "1", 1);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct ctx x;
+    setup(&x, &loop, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    unsetenv("TUNNEL_NO_UDP_CONNECT");
+    CHECK_INT_EQ(x.received, PAYLOAD);
+    CHECK_INT_EQ(x.mismatches, 0);
+    CHECK(x.dgram_back);
+    CHECK_INT_EQ(x.cli_udp.conns_opened, 0);
+    CHECK_INT_EQ(x.srv_udp.conns_opened, 0);
+    CHECK_INT_EQ(x.cli_udp.rx_conn + x.srv_udp.rx_conn + x.cli_udp.tx_conn + x.srv_udp.tx_conn, 0);
     CHECK_INT_EQ(x.endpoints_closed, 2);
     CHECK_INT_EQ(uv_loop_close(&loop), 0);
 }
@@ -644,6 +681,7 @@ struct mig {
     size_t phase_bytes[2];
     int phase, relayed[2], done, mig_rc, eps_closed;
     struct sockaddr_storage cli_path_local, srv_remote;
+    struct tun_udp_stats cli_udp[2]; /* at the end of each phase */
 };
 
 static void relay_cb(uv_idle_t *h)
@@ -729,6 +767,7 @@ static void mig_cli_data(struct tun_qstream *s, const uint8_t *d, size_t n, void
     struct mig *m = ud;
     (void)d;
     m->phase_bytes[m->phase] += n;
+    tun_qep_get_udp_stats(m->cli, &m->cli_udp[m->phase]);
     tun_qstream_consume(s, n);
 }
 
@@ -814,6 +853,11 @@ static void test_migration(void)
     CHECK(m.relayed[0] > 10 && m.relayed[1] > 10);
     CHECK(tun_sockaddr_equal((struct sockaddr *)&m.cli_path_local, (struct sockaddr *)&m.cli_syn));
     CHECK(tun_sockaddr_equal((struct sockaddr *)&m.srv_remote, (struct sockaddr *)&m.cli_syn));
+    /* The connected socket served the direct path and closed when the path moved to the relay. */
+    CHECK_INT_EQ(m.cli_udp[0].conns, 1);
+    CHECK(m.cli_udp[0].rx_conn > 100);
+    CHECK_INT_EQ(m.cli_udp[1].conns, 0);
+    CHECK_INT_EQ(m.cli_udp[1].conns_opened, 1);
     while (m.q) {
         struct pkt *p = m.q;
         m.q = p->next;
@@ -847,6 +891,7 @@ int main(void)
         return 1;
     test_demux();
     test_echo();
+    test_echo_unconnected();
     test_pingpong();
     test_backlog();
     test_fair();

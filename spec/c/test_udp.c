@@ -865,6 +865,202 @@ static void test_close(void)
     loop_done();
 }
 
+/* A connected socket for one peer: that peer's datagrams arrive through it (and reach the same
+ * callback, from the same address), everyone else's through the main socket; what it sends
+ * leaves from the main socket's port; the port stays closed to other programs; after
+ * tun_udp_conn_close the peer is served by the main socket again. */
+static void connect_case(const char *bind_ip, const char *peer_ip)
+{
+    loop_open();
+    int rc;
+    struct tun_udp *a = open_udp_rc(bind_ip, &rc);
+    if (!a) {
+        printf("SKIP connect %s: %s\n", bind_ip, tun_strerror(rc));
+        loop_done();
+        return;
+    }
+    struct tun_udp *p1 = open_udp(peer_ip), *p2 = open_udp(peer_ip);
+    struct rx *ra = rx_new(), *r1 = rx_new(), *r2 = rx_new();
+    CHECK_INT_EQ(tun_udp_start(a, on_recv, on_batch, ra), 0);
+    CHECK_INT_EQ(tun_udp_start(p1, on_recv, on_batch, r1), 0);
+    CHECK_INT_EQ(tun_udp_start(p2, on_recv, on_batch, r2), 0);
+    struct sockaddr_storage to_a = dest_of(a, peer_ip), to_p1 = dest_of(p1, peer_ip);
+
+    struct tun_udp_conn *c = NULL;
+    CHECK_INT_EQ(tun_udp_connect(a, (struct sockaddr *)&to_p1, &c), 0);
+    CHECK(c != NULL);
+    char buf[64];
+    const struct sockaddr *cr = tun_udp_conn_remote(c);
+    CHECK_INT_EQ(cr->sa_family, strchr(peer_ip, ':') ? AF_INET6 : AF_INET);
+    CHECK_STR_EQ(ip_of(cr, buf, sizeof buf), peer_ip);
+    CHECK_INT_EQ(port_of(cr), local_port(p1));
+
+    /* Another program cannot take the port (SO_REUSEPORT is only shared with those that set
+     * it before binding). */
+    struct sockaddr_storage taken = dest_of(a, bind_ip);
+    struct tun_udp *thief = NULL;
+    CHECK_INT_EQ(tun_udp_new(&loop, (struct sockaddr *)&taken, &thief), UV_EADDRINUSE);
+
+    for (int i = 0; i < 5; i++) {
+        CHECK_INT_EQ(tun_udp_send(p1, (struct sockaddr *)&to_a, (const uint8_t *)"one", 3, 0, NULL),
+                     0);
+        CHECK_INT_EQ(tun_udp_send(p2, (struct sockaddr *)&to_a, (const uint8_t *)"two", 3, 0, NULL),
+                     0);
+    }
+    CHECK(run_until(&ra->count, 10));
+    int from1 = 0, from2 = 0;
+    for (int i = 0; i < ra->count && i < MAX_PKT; i++) {
+        int port = port_of(&ra->from[i]);
+        CHECK_INT_EQ(ra->from[i].ss_family, strchr(peer_ip, ':') ? AF_INET6 : AF_INET);
+        if (port == local_port(p1) && memcmp(ra->data[i], "one", 3) == 0)
+            from1++;
+        else if (port == local_port(p2) && memcmp(ra->data[i], "two", 3) == 0)
+            from2++;
+    }
+    CHECK_INT_EQ(from1, 5);
+    CHECK_INT_EQ(from2, 5);
+    struct tun_udp_stats st;
+    tun_udp_get_stats(a, &st);
+    CHECK_INT_EQ(st.rx_packets, 10);
+    CHECK_INT_EQ(st.rx_conn, 5);
+    CHECK_INT_EQ(st.conns, 1);
+    CHECK_INT_EQ(st.conns_opened, 1);
+
+    /* Sent through the connected socket, from the main socket's port; GSO too. */
+    size_t sent = 0;
+    CHECK_INT_EQ(tun_udp_conn_send(c, (const uint8_t *)"back", 4, 0, &sent), 0);
+    CHECK_INT_EQ(sent, 4);
+    uint8_t data[20 * 1200];
+    fill(data, sizeof data, 1200, 5);
+    CHECK_INT_EQ(tun_udp_conn_send(c, data, sizeof data, 1200, &sent), 0);
+    CHECK_INT_EQ(sent, sizeof data);
+    CHECK(run_until(&r1->count, 21));
+    CHECK_INT_EQ(r1->len[0], 4);
+    CHECK_MEM_EQ(r1->data[0], "back", 4);
+    CHECK_INT_EQ(port_of(&r1->from[0]), local_port(a));
+    int bad = 0;
+    for (int k = 0; k < 20 && 1 + k < r1->count; k++)
+        bad += r1->len[1 + k] != 1200 || memcmp(r1->data[1 + k], data + k * 1200, 1200) != 0 ||
+               port_of(&r1->from[1 + k]) != local_port(a);
+    CHECK_INT_EQ(bad, 0);
+    /* tun_udp_send to the same peer still works (through the main socket). */
+    CHECK_INT_EQ(tun_udp_send(a, (struct sockaddr *)&to_p1, (const uint8_t *)"main", 4, 0, NULL),
+                 0);
+    CHECK(run_until(&r1->count, 22));
+    CHECK_MEM_EQ(r1->data[21], "main", 4);
+    tun_udp_get_stats(a, &st);
+    CHECK_INT_EQ(st.tx_conn, 21);
+    CHECK_INT_EQ(st.tx_packets, 22);
+
+    /* Closed: the peer's datagrams come through the main socket again. */
+    tun_udp_conn_close(c);
+    tun_udp_get_stats(a, &st);
+    CHECK_INT_EQ(st.conns, 0);
+    CHECK_INT_EQ(tun_udp_send(p1, (struct sockaddr *)&to_a, (const uint8_t *)"again", 5, 0, NULL),
+                 0);
+    CHECK(run_until(&ra->count, 11));
+    CHECK_MEM_EQ(ra->data[10], "again", 5);
+    CHECK_INT_EQ(port_of(&ra->from[10]), local_port(p1));
+    tun_udp_get_stats(a, &st);
+    CHECK_INT_EQ(st.rx_conn, 5);
+
+    /* Open again, and left open at tun_udp_close: closed with the endpoint (ASan checks). */
+    CHECK_INT_EQ(tun_udp_connect(a, (struct sockaddr *)&to_p1, &c), 0);
+    close_udp(a);
+    close_udp(p1);
+    close_udp(p2);
+    rx_free(ra);
+    rx_free(r1);
+    rx_free(r2);
+    loop_done();
+}
+
+static void test_connect(void)
+{
+    connect_case("127.0.0.1", "127.0.0.1");
+    loop_open();
+    int v6 = have_ipv6();
+    loop_done();
+    if (v6) {
+        connect_case("::1", "::1");
+        /* A dual-stack socket with an IPv4 peer. */
+        connect_case("::", "127.0.0.1");
+    } else {
+        printf("SKIP connect over IPv6: no ::1\n");
+    }
+}
+
+/* A connected socket closed from inside the callback of a datagram it delivered: no more
+ * deliveries from it, nothing touched after it is gone (ASan), and the endpoint goes on. */
+struct conn_rx {
+    struct tun_udp_conn *c;
+    int count;
+};
+
+static void on_recv_close_conn(struct tun_udp *u, const struct sockaddr *from, const uint8_t *data,
+                               size_t len, unsigned ecn, void *ud)
+{
+    (void)u;
+    (void)from;
+    (void)data;
+    (void)len;
+    (void)ecn;
+    struct conn_rx *r = ud;
+    r->count++;
+    if (r->c) {
+        tun_udp_conn_close(r->c);
+        r->c = NULL;
+    }
+}
+
+static void test_connect_close_in_callback(void)
+{
+    loop_open();
+    struct tun_udp *a = open_udp("127.0.0.1"), *p = open_udp("127.0.0.1");
+    struct conn_rx r = {0};
+    CHECK_INT_EQ(tun_udp_start(a, on_recv_close_conn, NULL, &r), 0);
+    struct sockaddr_storage to_a = dest_of(a, "127.0.0.1"), to_p = dest_of(p, "127.0.0.1");
+    CHECK_INT_EQ(tun_udp_connect(a, (struct sockaddr *)&to_p, &r.c), 0);
+    for (int i = 0; i < 3; i++)
+        CHECK_INT_EQ(tun_udp_send(p, (struct sockaddr *)&to_a, (const uint8_t *)"x", 1, 0, NULL),
+                     0);
+    CHECK(run_until(&r.count, 1));
+    for (int i = 0; i < 3; i++)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    /* The other two were queued on the connected socket and went with it. */
+    CHECK_INT_EQ(r.count, 1);
+    CHECK_INT_EQ(tun_udp_send(p, (struct sockaddr *)&to_a, (const uint8_t *)"y", 1, 0, NULL), 0);
+    CHECK(run_until(&r.count, 2));
+    close_udp(a);
+    close_udp(p);
+    loop_done();
+}
+
+static void test_connect_errors(void)
+{
+    loop_open();
+    struct tun_udp *a = open_udp("127.0.0.1"), *v6 = NULL;
+    struct sockaddr_storage peer = mkaddr("127.0.0.1", 9), peer6 = mkaddr("::1", 9);
+    struct tun_udp_conn *c = (struct tun_udp_conn *)&peer;
+    CHECK_INT_EQ(tun_udp_connect(NULL, (struct sockaddr *)&peer, &c), TUN_EINVAL);
+    CHECK_INT_EQ(tun_udp_connect(a, NULL, &c), TUN_EINVAL);
+    CHECK_INT_EQ(tun_udp_connect(a, (struct sockaddr *)&peer, NULL), TUN_EINVAL);
+    CHECK_INT_EQ(tun_udp_connect(a, (struct sockaddr *)&peer6, &c), UV_EAFNOSUPPORT);
+    CHECK(c == NULL);
+    setenv("TUNNEL_NO_UDP_CONNECT", "1", 1);
+    CHECK_INT_EQ(tun_udp_connect(a, (struct sockaddr *)&peer, &c), UV_ENOTSUP);
+    unsetenv("TUNNEL_NO_UDP_CONNECT");
+    CHECK_INT_EQ(tun_udp_conn_send(NULL, (const uint8_t *)"x", 1, 0, NULL), TUN_EINVAL);
+    tun_udp_conn_close(NULL);
+    struct tun_udp_stats st;
+    tun_udp_get_stats(a, &st);
+    CHECK_INT_EQ(st.conns, 0);
+    CHECK_INT_EQ(st.conns_opened, 0);
+    (void)v6;
+    close_udp(a);
+    loop_done();
+}
+
 static void test_errors(void)
 {
     loop_open();
@@ -1005,6 +1201,7 @@ static void ns_msgsize(void)
 
 struct blaster {
     struct tun_udp *u;
+    struct tun_udp_conn *conn; /* send through it when set */
     struct sockaddr_storage peer;
     uint8_t *data;
     size_t len, segsize, off;
@@ -1019,8 +1216,10 @@ static void blast_more(struct tun_udp *u, void *ud)
         b->writables++;
     while (b->off < b->len) {
         size_t sent = 0;
-        int rc = tun_udp_send(b->u, (struct sockaddr *)&b->peer, b->data + b->off, b->len - b->off,
-                              b->segsize, &sent);
+        int rc = b->conn ? tun_udp_conn_send(b->conn, b->data + b->off, b->len - b->off, b->segsize,
+                                             &sent)
+                         : tun_udp_send(b->u, (struct sockaddr *)&b->peer, b->data + b->off,
+                                        b->len - b->off, b->segsize, &sent);
         CHECK_INT_EQ(sent % b->segsize, 0);
         b->off += sent;
         if (rc == TUN_EAGAIN) {
@@ -1038,7 +1237,7 @@ static void blast_more(struct tun_udp *u, void *ud)
 /* A slow qdisc (tbf) holds datagrams, so they keep counting against the send buffer: sends
  * return TUN_EAGAIN (whole GSO calls, or a prefix of a sendmmsg batch), the writable callback
  * fires once the queue drains, and the rest goes out. */
-static void ns_eagain_case(int gso)
+static void ns_eagain_case(int gso, int connected)
 {
     set_knob("TUNNEL_NO_GSO", !gso);
     struct tun_udp *u = open_udp("10.9.0.1");
@@ -1047,6 +1246,8 @@ static void ns_eagain_case(int gso)
     tun_udp_get_stats(u, &st);
     /* Enough data to fill the send buffer at least twice. */
     struct blaster b = {.u = u, .peer = mkaddr("10.9.0.2", 9), .segsize = 1000};
+    if (connected)
+        CHECK_INT_EQ(tun_udp_connect(u, (struct sockaddr *)&b.peer, &b.conn), 0);
     b.len = (size_t)st.sndbuf * 2;
     b.len -= b.len % 64000;
     b.data = calloc(1, b.len);
@@ -1060,15 +1261,20 @@ static void ns_eagain_case(int gso)
     CHECK_INT_EQ(st.tx_eagain, b.eagains);
     CHECK_INT_EQ(st.tx_bytes, b.len);
     CHECK_INT_EQ(st.tx_packets, b.len / 1000);
+    CHECK_INT_EQ(st.tx_conn, connected ? b.len / 1000 : 0);
     free(b.data);
+    tun_udp_conn_close(b.conn);
     close_udp(u);
 }
 
 static void ns_eagain(void)
 {
     loop_open();
-    ns_eagain_case(1);
-    ns_eagain_case(0);
+    ns_eagain_case(1, 0);
+    ns_eagain_case(0, 0);
+    /* The same through a connected socket: its full buffer is what the callback waits for. */
+    ns_eagain_case(1, 1);
+    ns_eagain_case(0, 1);
     loop_done();
 }
 
@@ -1077,6 +1283,7 @@ int main(void)
     unsetenv("TUNNEL_NO_GSO");
     unsetenv("TUNNEL_NO_GRO");
     unsetenv("TUNNEL_UDP_BATCH");
+    unsetenv("TUNNEL_NO_UDP_CONNECT");
     test_v4();
     test_v6();
     test_gso_batch();
@@ -1090,6 +1297,9 @@ int main(void)
     test_stop_start();
     test_close();
     test_errors();
+    test_connect();
+    test_connect_close_in_callback();
+    test_connect_errors();
     in_netns("ns_msgsize", "", ns_msgsize);
     in_netns("ns_eagain", "&& tc qdisc add dev va root tbf rate 200mbit burst 256kb limit 64mb",
              ns_eagain);

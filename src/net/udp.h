@@ -18,6 +18,7 @@
  *   TUNNEL_NO_GSO=1       never send with UDP_SEGMENT
  *   TUNNEL_NO_GRO=1       never enable UDP_GRO
  *   TUNNEL_UDP_BATCH=n    datagrams per recvmmsg call, 1..64 (default 32)
+ *   TUNNEL_NO_UDP_CONNECT=1  tun_udp_connect fails with UV_ENOTSUP (read at each call)
  *
  * Threading: none. Every function must be called on the loop's thread. Callbacks run from the
  * loop; a callback may call any function here, including tun_udp_close on its own socket.
@@ -41,8 +42,12 @@
 #define TUN_UDP_MAX_PAYLOAD6 65527
 /* What tun_udp_new asks for as SO_RCVBUF and SO_SNDBUF. */
 #define TUN_UDP_SOCKBUF (8 * 1024 * 1024)
+/* Connected sockets per endpoint socket (tun_udp_connect): at most this many, and at most a
+ * sixteenth of RLIMIT_NOFILE. */
+#define TUN_UDP_CONN_MAX 4096
 
 struct tun_udp;
+struct tun_udp_conn;
 
 /*
  * One received datagram. `from` is AF_INET or AF_INET6 (never IPv4-mapped IPv6); `data` is
@@ -72,6 +77,10 @@ struct tun_udp_stats {
     uint64_t tx_bytes;     /* their payload bytes */
     uint64_t tx_calls;     /* sendmsg/sendmmsg syscalls, successful or not */
     uint64_t tx_eagain;    /* sends that stopped because the socket buffer was full */
+    uint64_t conns_opened; /* connected sockets opened so far (tun_udp_connect) */
+    uint64_t rx_conn;      /* of rx_packets, those that arrived on a connected socket */
+    uint64_t tx_conn;      /* of tx_packets, those sent on a connected socket */
+    unsigned conns;        /* connected sockets open now */
     int gso;               /* 1 while sends use UDP_SEGMENT */
     int gro;               /* 1 when UDP_GRO is enabled */
     int rcvbuf, sndbuf;    /* effective socket buffer sizes in bytes, as the kernel reports */
@@ -166,6 +175,40 @@ int tun_udp_want_writable(struct tun_udp *u, tun_udp_writable_cb cb);
  * The loop must run for that to happen. Call at most once; `u` must not be used afterwards.
  */
 void tun_udp_close(struct tun_udp *u, void (*closed)(void *ud), void *ud);
+
+/*
+ * A socket of its own for the peer `to`: bound to the same address and port as `u` (with
+ * SO_REUSEPORT, which this sets on `u` after the fact, so binding `u` still failed when the
+ * port was taken) and connect(2)ed to `to`. The kernel then hands it the peer's datagrams
+ * directly and caches the route both ways, which saves a route lookup per datagram sent and
+ * received. Its datagrams reach u's callbacks like any other (`from` is `to`); other peers
+ * still reach the main socket. Send to the peer with tun_udp_conn_send; tun_udp_send to the
+ * same address also works, the slow way.
+ *
+ * Returns 0 and sets `*out`, or
+ *   TUN_EINVAL    a NULL argument.
+ *   TUN_ECLOSED   tun_udp_close was already called.
+ *   TUN_ERANGE    the endpoint has as many connected sockets as it may (TUN_UDP_CONN_MAX).
+ *   UV_ENOTSUP    disabled with TUNNEL_NO_UDP_CONNECT=1.
+ *   UV_EAFNOSUPPORT  an IPv6 peer of an IPv4 socket.
+ *   UV_E*         socket(2), setsockopt(2), bind(2), connect(2) or uv_poll_init failed
+ *                 (UV_EMFILE, ...).
+ * On failure nothing is left open, and `u` serves the peer as before.
+ */
+int tun_udp_connect(struct tun_udp *u, const struct sockaddr *to, struct tun_udp_conn **out);
+
+/* The peer given to tun_udp_connect (an IPv4-mapped address is reported as AF_INET). */
+const struct sockaddr *tun_udp_conn_remote(const struct tun_udp_conn *c);
+
+/* tun_udp_send to the connected peer, with the same arguments, results and errors; a full
+ * buffer is waited for with tun_udp_want_writable on the endpoint socket as usual. */
+int tun_udp_conn_send(struct tun_udp_conn *c, const uint8_t *data, size_t len, size_t segsize,
+                      size_t *sent);
+
+/* Close a connected socket now (the peer's datagrams go to the main socket again); its
+ * memory is freed from the loop. `c` must not be used afterwards. tun_udp_close closes those
+ * still open, and their handles are invalid from then on. NULL is ignored. */
+void tun_udp_conn_close(struct tun_udp_conn *c);
 
 /* Copy the counters and current GSO/GRO state into `st`. */
 void tun_udp_get_stats(struct tun_udp *u, struct tun_udp_stats *st);

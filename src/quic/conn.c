@@ -411,7 +411,7 @@ static void close_with(struct tun_qconn *c, const ngtcp2_connection_close_error 
         ngtcp2_ssize n = ngtcp2_conn_write_connection_close(c->conn, &ps.path, &pi, buf,
                                                             sizeof(buf), ccerr, tun__now());
         if (n > 0)
-            tun__qep_send(c->ep, (const struct sockaddr *)ps.path.local.addr,
+            tun__qep_send(c->ep, c, (const struct sockaddr *)ps.path.local.addr,
                           (const struct sockaddr *)ps.path.remote.addr, buf, (size_t)n, 0);
     }
     int app = ccerr->type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_APPLICATION;
@@ -734,7 +734,7 @@ static int write_packets(struct tun_qconn *c)
                            tun_sockaddr_equal(ps.path.local.addr, (struct sockaddr *)&dlocal) &&
                            (size_t)nwrite <= segsize);
         if (!fits) {
-            if (tun__qep_send(ep, (struct sockaddr *)&dlocal, (struct sockaddr *)&dest, buf, off,
+            if (tun__qep_send(ep, c, (struct sockaddr *)&dlocal, (struct sockaddr *)&dest, buf, off,
                               segsize) != 0)
                 c->write_blocked = 1;
             memmove(buf, buf + off, (size_t)nwrite);
@@ -758,7 +758,7 @@ static int write_packets(struct tun_qconn *c)
         int last = (size_t)nwrite < maxpkt && !c->sendq_head && !c->dq_head;
         if ((size_t)nwrite < segsize || npkts >= maxpkts || last) {
             int quantum_used = npkts >= maxpkts;
-            if (tun__qep_send(ep, (struct sockaddr *)&dlocal, (struct sockaddr *)&dest, buf, off,
+            if (tun__qep_send(ep, c, (struct sockaddr *)&dlocal, (struct sockaddr *)&dest, buf, off,
                               segsize) != 0)
                 c->write_blocked = 1;
             off = 0;
@@ -770,7 +770,7 @@ static int write_packets(struct tun_qconn *c)
             break;
     }
     if (npkts) {
-        if (tun__qep_send(ep, (struct sockaddr *)&dlocal, (struct sockaddr *)&dest, buf, off,
+        if (tun__qep_send(ep, c, (struct sockaddr *)&dlocal, (struct sockaddr *)&dest, buf, off,
                           segsize) != 0)
             c->write_blocked = 1;
     }
@@ -822,6 +822,8 @@ static void finish_close(struct tun_qconn *c)
     }
     uv_timer_stop(&c->timer);
     tun__qep_set_precise(ep, c, 0);
+    tun_udp_conn_close(c->uconn);
+    c->uconn = NULL;
     ep->pending_closes++;
     while (c->streams) {
         struct tun_qstream *s = c->streams;
@@ -843,9 +845,42 @@ static void finish_close(struct tun_qconn *c)
     uv_close((uv_handle_t *)&c->timer, timer_closed_cb);
 }
 
+/*
+ * Once the handshake is done, the peer's address gets a connected socket of its own
+ * (tun_udp_connect: the kernel then skips a route lookup per packet both ways). Only then: an
+ * address that completed a handshake has been validated, so no one can make us open sockets
+ * for spoofed addresses. The socket follows the path (NAT rebinding, migration); a relay path
+ * has none. An address the socket could not be opened for is not tried again until the path
+ * changes; the packets go through the endpoint's socket meanwhile.
+ */
+static void sync_uconn(struct tun_qconn *c)
+{
+    struct tun_qep *ep = c->ep;
+    const ngtcp2_path *p = ngtcp2_conn_get_path(c->conn);
+    const struct sockaddr *remote = (const struct sockaddr *)p->remote.addr;
+    int on_socket = tun_sockaddr_equal((const struct sockaddr *)p->local.addr,
+                                       (const struct sockaddr *)&ep->local);
+    if (c->uconn) {
+        if (on_socket && tun_sockaddr_equal(remote, tun_udp_conn_remote(c->uconn)))
+            return;
+        tun_udp_conn_close(c->uconn);
+        c->uconn = NULL;
+    }
+    if (!on_socket || tun_sockaddr_equal(remote, (const struct sockaddr *)&c->uconn_refused))
+        return;
+    int rc = tun_udp_connect(ep->udp, remote, &c->uconn);
+    if (rc < 0) {
+        memcpy(&c->uconn_refused, remote, p->remote.addrlen);
+        tun_log_debug(QUIC, "conn %llu: no connected socket for the peer: %s",
+                      (unsigned long long)c->id, tun_strerror(rc));
+    }
+}
+
 int tun__qconn_flush(struct tun_qconn *c)
 {
     if (!c->closed) {
+        if (c->ready)
+            sync_uconn(c);
         /* Send what is queued first: a close often follows a last message (AUTH_FAIL). */
         apply_stream_ops(c);
         if (!hold_ack(c)) {
@@ -864,6 +899,7 @@ int tun__qconn_flush(struct tun_qconn *c)
     if (!c->closed && c->ready_pending) {
         c->ready_pending = 0;
         c->ready = 1;
+        sync_uconn(c);
         if (c->cbs.on_ready)
             c->cbs.on_ready(c, c->ud);
         /* on_ready usually opens streams and writes: send that now. */

@@ -273,8 +273,8 @@ static void writable_cb(struct tun_udp *u, void *ud)
     }
 }
 
-int tun__qep_send(struct tun_qep *ep, const struct sockaddr *local, const struct sockaddr *to,
-                  const uint8_t *data, size_t len, size_t segsize)
+int tun__qep_send(struct tun_qep *ep, struct tun_qconn *c, const struct sockaddr *local,
+                  const struct sockaddr *to, const uint8_t *data, size_t len, size_t segsize)
 {
     if (local && !tun_sockaddr_equal(local, (const struct sockaddr *)&ep->local)) {
         /* Not the socket's path: hand each packet to the path sender (a relay). */
@@ -287,7 +287,11 @@ int tun__qep_send(struct tun_qep *ep, const struct sockaddr *local, const struct
         return 0;
     }
     size_t sent = 0;
-    int rc = tun_udp_send(ep->udp, to, data, len, segsize ? segsize : len, &sent);
+    int rc;
+    if (c && c->uconn && tun_sockaddr_equal(to, tun_udp_conn_remote(c->uconn)))
+        rc = tun_udp_conn_send(c->uconn, data, len, segsize ? segsize : len, &sent);
+    else
+        rc = tun_udp_send(ep->udp, to, data, len, segsize ? segsize : len, &sent);
     if (rc == TUN_EAGAIN) {
         /* The socket buffer is full. The unsent packets count as lost; QUIC's loss recovery
          * resends their contents once the socket drains. */
@@ -318,7 +322,7 @@ static void send_stateless_reset(struct tun_qep *ep, const struct sockaddr *loca
     ngtcp2_ssize n = ngtcp2_pkt_write_stateless_reset(buf, len, token, rnd,
                                                       len - NGTCP2_STATELESS_RESET_TOKENLEN);
     if (n > 0)
-        tun__qep_send(ep, local, from, buf, (size_t)n, 0);
+        tun__qep_send(ep, NULL, local, from, buf, (size_t)n, 0);
 }
 
 static void send_version_negotiation(struct tun_qep *ep, const struct sockaddr *local,
@@ -331,7 +335,7 @@ static void send_version_negotiation(struct tun_qep *ep, const struct sockaddr *
     ngtcp2_ssize n = ngtcp2_pkt_write_version_negotiation(
         buf, sizeof(buf), r, vc->scid, vc->scidlen, vc->dcid, vc->dcidlen, sv, 1);
     if (n > 0)
-        tun__qep_send(ep, local, from, buf, (size_t)n, 0);
+        tun__qep_send(ep, NULL, local, from, buf, (size_t)n, 0);
 }
 
 static void route(struct tun_qep *ep, const struct sockaddr *local, const struct sockaddr *from,
@@ -418,6 +422,11 @@ int tun_qep_send_raw(struct tun_qep *ep, const struct sockaddr *to, const uint8_
         return TUN_ECLOSED;
     size_t sent = 0;
     return tun_udp_send(ep->udp, to, data, len, 0, &sent);
+}
+
+void tun_qep_get_udp_stats(struct tun_qep *ep, struct tun_udp_stats *st)
+{
+    tun_udp_get_stats(ep->udp, st);
 }
 
 void tun_qep_set_path_sender(struct tun_qep *ep, tun_qep_path_send_fn fn, void *ud)

@@ -122,6 +122,8 @@ struct tun_qconn {
     socklen_t remotelen;
     struct sockaddr_storage local; /* the connection's first path's local address */
     socklen_t locallen;
+    struct tun_udp_conn *uconn;            /* connected socket for the current path, or NULL */
+    struct sockaddr_storage uconn_refused; /* last address tun_udp_connect failed for */
     uv_timer_t timer;
     uint64_t pdeadline; /* sub-millisecond deadline (tun__now() time), 0: none */
     struct tun_qconn *pnext, *pprev;
@@ -155,9 +157,10 @@ void tun__qep_mark_dirty(struct tun_qep *ep, struct tun_qconn *c);
 void tun__qep_reset_token(struct tun_qep *ep, const uint8_t *cid, size_t cidlen,
                           uint8_t token[NGTCP2_STATELESS_RESET_TOKENLEN]);
 /* Send from `local` (NULL: the socket) to `to`; paths with another local address (relay
- * paths) go to the endpoint's path sender. */
-int tun__qep_send(struct tun_qep *ep, const struct sockaddr *local, const struct sockaddr *to,
-                  const uint8_t *data, size_t len, size_t segsize);
+ * paths) go to the endpoint's path sender. With `c` (may be NULL), a packet to the address of
+ * c's connected socket goes through that socket. */
+int tun__qep_send(struct tun_qep *ep, struct tun_qconn *c, const struct sockaddr *local,
+                  const struct sockaddr *to, const uint8_t *data, size_t len, size_t segsize);
 
 uint64_t tun__now(void);
 /* Wake the connection at `deadline` (tun__now() time) with microsecond precision; returns -1

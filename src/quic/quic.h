@@ -16,6 +16,8 @@
 #ifndef TUN_QUIC_QUIC_H
 #define TUN_QUIC_QUIC_H
 
+#include "net/udp.h"
+
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -101,6 +103,9 @@ int tun_qep_new(uv_loop_t *loop, const struct sockaddr *bind_addr, const uint8_t
                 int is_server, const struct tun_quic_config *cfg, const struct tun_qep_cbs *cbs,
                 void *ud, struct tun_qep **out);
 int tun_qep_local_addr(struct tun_qep *ep, struct sockaddr_storage *ss);
+/* The counters of the endpoint's UDP socket (and of the connected sockets that a connection
+ * on a direct path gets once its handshake is done: `conns`, `rx_conn`, `tx_conn`). */
+void tun_qep_get_udp_stats(struct tun_qep *ep, struct tun_udp_stats *st);
 
 /*
  * Move an endpoint that has no connection yet to a fresh UDP socket: same local address, a
