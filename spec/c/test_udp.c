@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <netinet/ip.h>
 #include <sched.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1036,6 +1037,36 @@ static void test_connect_close_in_callback(void)
     loop_done();
 }
 
+/* Connected sockets are capped at a sixteenth of RLIMIT_NOFILE: past that tun_udp_connect says
+ * TUN_ERANGE and the endpoint goes on serving the peer through its main socket. */
+static void test_connect_cap(void)
+{
+    struct rlimit old, low;
+    CHECK_INT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+    low = old;
+    low.rlim_cur = 48; /* a cap of 3 */
+    CHECK_INT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+    loop_open();
+    struct tun_udp *a = open_udp("127.0.0.1");
+    CHECK_INT_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
+    struct tun_udp_conn *c[4] = {0};
+    for (int i = 0; i < 4; i++) {
+        struct sockaddr_storage peer = mkaddr("127.0.0.1", 40000 + i);
+        CHECK_INT_EQ(tun_udp_connect(a, (struct sockaddr *)&peer, &c[i]), i < 3 ? 0 : TUN_ERANGE);
+    }
+    CHECK(c[3] == NULL);
+    /* A closed one makes room. */
+    tun_udp_conn_close(c[0]);
+    struct sockaddr_storage peer = mkaddr("127.0.0.1", 40003);
+    CHECK_INT_EQ(tun_udp_connect(a, (struct sockaddr *)&peer, &c[3]), 0);
+    struct tun_udp_stats st;
+    tun_udp_get_stats(a, &st);
+    CHECK_INT_EQ(st.conns, 3);
+    CHECK_INT_EQ(st.conns_opened, 4);
+    close_udp(a);
+    loop_done();
+}
+
 static void test_connect_errors(void)
 {
     loop_open();
@@ -1300,6 +1331,7 @@ int main(void)
     test_connect();
     test_connect_close_in_callback();
     test_connect_errors();
+    test_connect_cap();
     in_netns("ns_msgsize", "", ns_msgsize);
     in_netns("ns_eagain", "&& tc qdisc add dev va root tbf rate 200mbit burst 256kb limit 64mb",
              ns_eagain);
