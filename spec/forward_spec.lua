@@ -336,6 +336,21 @@ describe("tunnel port forwarding", function()
         assert.matches("too many failed attempts, refusing", T.server.stderr, 1, true)
       end)
 
+    it("says so at once when nothing listens at the server address", function()
+      start_server()
+      local port = free_port("udp")
+      local c = H.start({ "client", "--server-node-id", T.id, "--server-addr",
+        "127.0.0.1:" .. port, "--auth-token", T.token, "--source", "tcp://127.0.0.1:9",
+        "--target", "127.0.0.1:" .. free_port() }, { env = T.env })
+      track(c, "tunnel client")
+      c:wait(60)
+      assert.is_nil(c.timed_out, "the client kept running:" .. logs())
+      assert.equal(1, c.code, logs())
+      -- Not the handshake timeout's "no answer": the host's port unreachable, reported.
+      assert.matches(("tunnel: cannot connect to 127.0.0.1:%d: nothing is listening on that " ..
+        "port"):format(port), c.stderr, 1, true)
+    end)
+
     it("refuses a server whose EndpointId is not the expected one", function()
       start_server()
       local other = new_key(T.dir .. "/other.key")

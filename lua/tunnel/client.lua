@@ -184,7 +184,9 @@ function M.new(opts)
     server_id = server_key and keys.format_endpoint_id(server_key), forwards = parsed,
     on_ready = opts.on_ready, on_closed = opts.on_closed, on_rejected = opts.on_rejected,
     on_path = opts.on_path,
-    on_auth_failed = opts.on_auth_failed, server_addr = sip and (sip .. ":" .. sport),
+    on_auth_failed = opts.on_auth_failed,
+    server_addr = sip and (sip:find(":", 1, true) and ("[" .. sip .. "]:" .. sport)
+      or (sip .. ":" .. sport)),
     started = uv.hrtime(),
   }, Client)
   self.via_relay = via_relay

@@ -10,6 +10,7 @@
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define PAYLOAD (4u << 20)
 
@@ -642,6 +643,112 @@ static void test_ops(void)
     run_ready(&o.x, ops_ready, &o);
 }
 
+/* --- dialling a port where nothing listens: the host's ICMP port unreachable, learnt through
+ * the client's connected socket, ends the attempt after a retransmission instead of at the
+ * handshake timeout; a server that comes up before the retransmission is still reached. --- */
+
+static struct sockaddr_in free_udp_port(void)
+{
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", 0, &a);
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    CHECK(fd >= 0);
+    socklen_t len = sizeof(a);
+    CHECK_INT_EQ(bind(fd, (struct sockaddr *)&a, len), 0);
+    CHECK_INT_EQ(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return a;
+}
+
+static void unreach_closed(struct tun_qconn *c, const struct tun_qclose_info *why, void *ud)
+{
+    struct ctx *x = ud;
+    (void)c;
+    x->closed = 1;
+    x->why = *why;
+    tun_qep_close(x->cli, 0, ep_closed, x);
+}
+
+static void test_port_unreachable(void)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct ctx x;
+    memset(&x, 0, sizeof(x));
+    uint8_t csec[32], key[32];
+    randombytes_buf(csec, 32);
+    randombytes_buf(key, 32);
+    struct sockaddr_in any, to = free_udp_port();
+    uv_ip4_addr("127.0.0.1", 0, &any);
+    CHECK_INT_EQ(tun_qep_new(&loop, (struct sockaddr *)&any, csec, 0, NULL, NULL, &x, &x.cli), 0);
+    struct tun_qconn_cbs ccbs = {.on_closed = unreach_closed};
+    CHECK_INT_EQ(tun_qep_connect(x.cli, (struct sockaddr *)&to, key, &ccbs, &x, &x.cconn), 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(x.closed);
+    CHECK_INT_EQ(x.why.err, UV_ECONNREFUSED);
+    CHECK(x.why.local);
+    CHECK(strstr(x.why.reason, "nothing is listening on that port") != NULL);
+    CHECK_INT_EQ(x.endpoints_closed, 1);
+    CHECK_INT_EQ(uv_loop_close(&loop), 0);
+}
+
+struct late {
+    struct ctx x; /* first: the server callbacks take it */
+    uv_timer_t t;
+    struct sockaddr_in addr;
+    uint8_t ssec[32];
+};
+
+static void late_server_cb(uv_timer_t *t)
+{
+    struct late *l = t->data;
+    struct tun_qep_cbs epcbs = {.on_conn = any_srv_conn};
+    CHECK_INT_EQ(tun_qep_new(l->x.loop, (struct sockaddr *)&l->addr, l->ssec, 1, NULL, &epcbs,
+                             &l->x, &l->x.srv),
+                 0);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+static void late_ready(struct tun_qconn *c, void *ud)
+{
+    ((struct ctx *)ud)->ready = 1;
+    tun_qconn_close(c, 0, "done");
+}
+
+static void test_server_starts_late(void)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    static struct late l;
+    memset(&l, 0, sizeof(l));
+    l.x.loop = &loop;
+    struct tun_qstream_cbs sscbs = {.on_data = srv_data, .on_fin = srv_fin};
+    l.x.srv_stream_cbs = sscbs;
+    uint8_t csec[32], sk[64];
+    randombytes_buf(l.ssec, 32);
+    randombytes_buf(csec, 32);
+    CHECK_INT_EQ(crypto_sign_seed_keypair(l.x.srv_pub, sk, l.ssec), 0);
+    struct sockaddr_in any;
+    uv_ip4_addr("127.0.0.1", 0, &any);
+    l.addr = free_udp_port();
+    CHECK_INT_EQ(tun_qep_new(&loop, (struct sockaddr *)&any, csec, 0, NULL, NULL, &l.x, &l.x.cli),
+                 0);
+    struct tun_qconn_cbs ccbs = {.on_ready = late_ready, .on_closed = cli_closed};
+    CHECK_INT_EQ(
+        tun_qep_connect(l.x.cli, (struct sockaddr *)&l.addr, l.x.srv_pub, &ccbs, &l.x, &l.x.cconn),
+        0);
+    /* The first Initial is refused; the server is up long before the retransmission (the
+     * first PTO of a handshake is about a second). */
+    uv_timer_init(&loop, &l.t);
+    l.t.data = &l;
+    uv_timer_start(&l.t, late_server_cb, 100, 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(l.x.ready);
+    CHECK(l.x.closed && l.x.why.local && l.x.why.app);
+    CHECK_INT_EQ(l.x.endpoints_closed, 2);
+    CHECK_INT_EQ(uv_loop_close(&loop), 0);
+}
+
 static void test_identity_mismatch(void)
 {
     uv_loop_t loop;
@@ -892,6 +999,8 @@ int main(void)
     test_demux();
     test_echo();
     test_echo_unconnected();
+    test_port_unreachable();
+    test_server_starts_late();
     test_pingpong();
     test_backlog();
     test_fair();

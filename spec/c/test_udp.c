@@ -1037,6 +1037,50 @@ static void test_connect_close_in_callback(void)
     loop_done();
 }
 
+/* ICMP port unreachable reaches a connected socket's error callback, from the poll (the error
+ * left on the socket) or from the next send (which then went out again). */
+struct refused {
+    int count, err;
+};
+
+static void on_conn_error(struct tun_udp_conn *c, int err, void *ud)
+{
+    (void)c;
+    struct refused *r = ud;
+    r->count++;
+    r->err = err;
+}
+
+static void test_connect_refused(void)
+{
+    loop_open();
+    struct tun_udp *a = open_udp("127.0.0.1"), *gone = open_udp("127.0.0.1");
+    struct sockaddr_storage to = dest_of(gone, "127.0.0.1");
+    close_udp(gone);
+    struct rx *ra = rx_new();
+    CHECK_INT_EQ(tun_udp_start(a, on_recv, on_batch, ra), 0);
+    struct tun_udp_conn *c = NULL;
+    CHECK_INT_EQ(tun_udp_connect(a, (struct sockaddr *)&to, &c), 0);
+    struct refused r = {0};
+    tun_udp_conn_set_error_cb(c, on_conn_error, &r);
+    CHECK_INT_EQ(tun_udp_conn_send(c, (const uint8_t *)"anyone?", 7, 0, NULL), 0);
+    CHECK(run_until(&r.count, 1));
+    CHECK_INT_EQ(r.err, UV_ECONNREFUSED);
+    /* Again, this time without letting the loop see the error first: the next send meets it,
+     * reports it, and still goes out. */
+    CHECK_INT_EQ(tun_udp_conn_send(c, (const uint8_t *)"x", 1, 0, NULL), 0);
+    CHECK_INT_EQ(tun_udp_conn_send(c, (const uint8_t *)"y", 1, 0, NULL), 0);
+    CHECK(run_until(&r.count, 2));
+    CHECK_INT_EQ(r.err, UV_ECONNREFUSED);
+    struct tun_udp_stats st;
+    tun_udp_get_stats(a, &st);
+    CHECK_INT_EQ(st.tx_conn, 3);
+    CHECK_INT_EQ(ra->count, 0);
+    close_udp(a);
+    rx_free(ra);
+    loop_done();
+}
+
 /* Connected sockets are capped at a sixteenth of RLIMIT_NOFILE: past that tun_udp_connect says
  * TUN_ERANGE and the endpoint goes on serving the peer through its main socket. */
 static void test_connect_cap(void)
@@ -1332,6 +1376,7 @@ int main(void)
     test_connect_close_in_callback();
     test_connect_errors();
     test_connect_cap();
+    test_connect_refused();
     in_netns("ns_msgsize", "", ns_msgsize);
     in_netns("ns_eagain", "&& tc qdisc add dev va root tbf rate 200mbit burst 256kb limit 64mb",
              ns_eagain);

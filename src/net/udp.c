@@ -59,6 +59,7 @@ struct sock {
     int events;     /* what poll is started with, 0 when stopped */
     int blocked;    /* a send met a full buffer: poll for writable while a callback waits */
     int closing;    /* closed, or (for a connected socket) being closed */
+    int refused;    /* a send met ECONNREFUSED (a connected socket; reported after it) */
     uint32_t drops; /* the kernel's running total of drops on this fd (SO_RXQ_OVFL) */
 };
 
@@ -67,6 +68,8 @@ struct tun_udp_conn {
     struct tun_udp_conn *prev, *next;
     struct sockaddr_storage remote; /* as callers see peers: never IPv4-mapped */
     size_t max_payload;
+    tun_udp_conn_error_cb err_cb;
+    void *err_ud;
 };
 
 struct tun_udp {
@@ -100,6 +103,16 @@ struct tun_udp {
     struct mmsghdr tx_msgs[TX_BATCH];
     struct iovec tx_iov[TX_BATCH];
 };
+
+/* An error the kernel reported on `k` (negative); only connected sockets report them. */
+static void report_error(struct sock *k, int err)
+{
+    if (k == &k->u->main)
+        return;
+    struct tun_udp_conn *c = (struct tun_udp_conn *)k;
+    if (c->err_cb)
+        c->err_cb(c, err, c->err_ud);
+}
 
 static int env_flag(const char *name)
 {
@@ -352,8 +365,12 @@ static void do_recv(struct sock *k)
                 calls--;
                 continue;
             }
-            if (err != EAGAIN && err != EWOULDBLOCK)
+            if (err != EAGAIN && err != EWOULDBLOCK) {
                 tun_log_debug(NET, "udp: recvmmsg: %s", strerror(err));
+                report_error(k, -err);
+                if (u->closing || k->closing)
+                    return;
+            }
             break;
         }
         u->st.rx_calls++;
@@ -425,6 +442,8 @@ static void on_poll(uv_poll_t *h, int status, int events)
         int rc = update_poll(k);
         if (rc < 0)
             tun_log_error(NET, "udp: cannot poll the socket again: %s", tun_strerror(rc));
+        if (err)
+            report_error(k, -err);
         return;
     }
     if ((events & UV_WRITABLE) && u->writable_cb) {
@@ -587,6 +606,7 @@ static int send_msg(struct sock *k, const struct sockaddr_storage *dst, socklen_
         u->st.tx_calls++;
         r = sendmsg(k->fd, &h, 0);
     } while (r < 0 && (errno == EINTR || (errno == ECONNREFUSED && !dst && !refused++)));
+    k->refused |= refused;
     if (r < 0)
         return -errno;
     u->st.tx_packets += (len + segsize - 1) / segsize;
@@ -619,6 +639,7 @@ static ssize_t send_batch(struct sock *k, const struct sockaddr_storage *dst, so
         r = n == 1 ? (int)sendmsg(k->fd, &u->tx_msgs[0].msg_hdr, 0)
                    : sendmmsg(k->fd, u->tx_msgs, n, 0);
     } while (r < 0 && (errno == EINTR || (errno == ECONNREFUSED && !dst && !refused++)));
+    k->refused |= refused;
     if (r < 0)
         return -errno;
     if (n == 1)
@@ -874,7 +895,18 @@ int tun_udp_conn_send(struct tun_udp_conn *c, const uint8_t *data, size_t len, s
         return TUN_EINVAL;
     if (c->s.closing || c->s.u->closing)
         return TUN_ECLOSED;
-    return send_on(&c->s, NULL, 0, c->max_payload, data, len, segsize, sent);
+    int rc = send_on(&c->s, NULL, 0, c->max_payload, data, len, segsize, sent);
+    if (c->s.refused) {
+        c->s.refused = 0;
+        report_error(&c->s, UV_ECONNREFUSED);
+    }
+    return rc;
+}
+
+void tun_udp_conn_set_error_cb(struct tun_udp_conn *c, tun_udp_conn_error_cb cb, void *ud)
+{
+    c->err_cb = cb;
+    c->err_ud = ud;
 }
 
 void tun_udp_conn_close(struct tun_udp_conn *c)

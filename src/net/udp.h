@@ -197,6 +197,15 @@ void tun_udp_close(struct tun_udp *u, void (*closed)(void *ud), void *ud);
  */
 int tun_udp_connect(struct tun_udp *u, const struct sockaddr *to, struct tun_udp_conn **out);
 
+/*
+ * The kernel reported an error for what went to the peer: an ICMP error such as port
+ * unreachable (UV_ECONNREFUSED: nothing listens there) or host unreachable. Only a connected
+ * socket learns of these. Runs from the loop, or at the end of a tun_udp_conn_send whose send
+ * met the error (it was sent again); it may call any function here.
+ */
+typedef void (*tun_udp_conn_error_cb)(struct tun_udp_conn *c, int err, void *ud);
+void tun_udp_conn_set_error_cb(struct tun_udp_conn *c, tun_udp_conn_error_cb cb, void *ud);
+
 /* The peer given to tun_udp_connect (an IPv4-mapped address is reported as AF_INET). */
 const struct sockaddr *tun_udp_conn_remote(const struct tun_udp_conn *c);
 

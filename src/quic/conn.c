@@ -846,13 +846,57 @@ static void finish_close(struct tun_qconn *c)
 }
 
 /*
- * Once the handshake is done, the peer's address gets a connected socket of its own
- * (tun_udp_connect: the kernel then skips a route lookup per packet both ways). Only then: an
- * address that completed a handshake has been validated, so no one can make us open sockets
- * for spoofed addresses. The socket follows the path (NAT rebinding, migration); a relay path
- * has none. An address the socket could not be opened for is not tried again until the path
- * changes; the packets go through the endpoint's socket meanwhile.
+ * The peer's address gets a connected socket of its own (tun_udp_connect: the kernel then
+ * skips a route lookup per packet both ways, and reports ICMP errors). A client opens it when
+ * it dials (it chose the address); a server only once the handshake is done: an address that
+ * completed a handshake has been validated, so no one can make it open sockets for spoofed
+ * addresses. The socket follows the path (NAT rebinding, migration); a relay path has none.
+ * An address the socket could not be opened for is not tried again until the path changes;
+ * the packets go through the endpoint's socket meanwhile.
  */
+static void uconn_error(struct tun_udp_conn *uc, int err, void *ud)
+{
+    (void)uc;
+    struct tun_qconn *c = ud;
+    if (err != UV_ECONNREFUSED || c->closed)
+        return;
+    c->port_unreachable++;
+    c->unreachable_new = 1;
+    tun__qep_mark_dirty(c->ep, c);
+}
+
+/*
+ * The peer's host answered "port unreachable" (ICMP, learnt through the connected socket).
+ * Before anything came back from the peer, a dial to a port where nothing listens would
+ * otherwise wait for the handshake timeout (10 s) to say "no answer": end it at the second
+ * report (the first retransmission, about a second in), which still lets a server that was
+ * starting up in the meantime answer. ICMP is not authenticated, so an established
+ * connection only logs it: the idle timeout or the peer's stateless reset ends it.
+ */
+static void check_unreachable(struct tun_qconn *c)
+{
+    c->unreachable_new = 0;
+    if (c->rx_packets == 0) {
+        if (c->port_unreachable < 2)
+            return;
+        static const char why[] = "nothing is listening on that port (the host answered "
+                                  "'port unreachable'): check the address and that the server "
+                                  "is running";
+        set_closed(c, 1, 0, 0, UV_ECONNREFUSED, why, sizeof(why) - 1);
+        return;
+    }
+    if (!c->unreachable_logged) {
+        /* A client's server going away matters to its user; a server's clients come and go. */
+        c->unreachable_logged = 1;
+        int srv = c->ep->is_server;
+        tun_log(TUN_LOG_G_QUIC, srv ? TUN_LOG_INFO : TUN_LOG_WARN,
+                "conn %llu: the %s's host reports its port unreachable: the %s may have stopped; "
+                "the connection ends at the idle timeout (%u s) unless it answers again",
+                (unsigned long long)c->id, srv ? "client" : "server", srv ? "client" : "server",
+                (unsigned)(c->ep->cfg.idle_timeout_ms / 1000));
+    }
+}
+
 static void sync_uconn(struct tun_qconn *c)
 {
     struct tun_qep *ep = c->ep;
@@ -869,6 +913,8 @@ static void sync_uconn(struct tun_qconn *c)
     if (!on_socket || tun_sockaddr_equal(remote, (const struct sockaddr *)&c->uconn_refused))
         return;
     int rc = tun_udp_connect(ep->udp, remote, &c->uconn);
+    if (rc == 0)
+        tun_udp_conn_set_error_cb(c->uconn, uconn_error, c);
     if (rc < 0) {
         memcpy(&c->uconn_refused, remote, p->remote.addrlen);
         tun_log_debug(QUIC, "conn %llu: no connected socket for the peer: %s",
@@ -878,8 +924,11 @@ static void sync_uconn(struct tun_qconn *c)
 
 int tun__qconn_flush(struct tun_qconn *c)
 {
+    if (!c->closed && c->unreachable_new)
+        check_unreachable(c);
     if (!c->closed) {
-        if (c->ready)
+        /* A client dials an address it chose: its connected socket can start at once. */
+        if (c->ready || !c->ep->is_server)
             sync_uconn(c);
         /* Send what is queued first: a close often follows a last message (AUTH_FAIL). */
         apply_stream_ops(c);
