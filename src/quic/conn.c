@@ -879,9 +879,9 @@ static void check_unreachable(struct tun_qconn *c)
     if (c->rx_packets == 0) {
         if (c->port_unreachable < 2)
             return;
-        static const char why[] = "nothing is listening on that port (the host answered "
-                                  "'port unreachable'): check the address and that the server "
-                                  "is running";
+        static const char why[] = "nothing is listening on that port, or a firewall rejects it "
+                                  "(the host answered 'port unreachable'): check the address "
+                                  "and that the server is running";
         set_closed(c, 1, 0, 0, UV_ECONNREFUSED, why, sizeof(why) - 1);
         return;
     }
