@@ -204,6 +204,27 @@ describe("tunnel port forwarding", function()
       assert.equal(200, count(echo.stdout, "ACCEPT "))
     end)
 
+    it("raises its open-file limit: 300 connections under a soft limit of 128", function()
+      local hard = H.spawn({ "/bin/sh", "-c", "ulimit -Hn" }):wait(10).stdout:match("%S+")
+      if hard ~= "unlimited" and (tonumber(hard) or 0) < 1024 then
+        print("SKIP open-file limit: the hard limit is " .. tostring(hard))
+        return
+      end
+      -- Both processes start with 128 open files allowed; 300 connections need 300 on each.
+      local wrap = { "/bin/sh", "-c", 'ulimit -Sn 128 && exec "$@"', "sh" }
+      local echo, eport = service({ "tcp-echo", "--port", 0 })
+      start_server({ max_sessions = 1000, wrap = wrap })
+      local lport = free_port("tcp")
+      local cmd = H.append({ unpack(wrap) }, { H.BIN, "client", "--server-node-id", T.id,
+        "--server-addr", "127.0.0.1:" .. T.port, "--auth-token", T.token, "--source",
+        "tcp://127.0.0.1:" .. eport, "--target", "127.0.0.1:" .. lport })
+      local c = track(H.spawn(cmd, { env = T.env }), "tunnel client")
+      wait_ready(c)
+      local p = check({ "tcp-many", "--port", lport, "--count", 300, "--bytes", 1000 }, 240)
+      assert.equal("OK 300\n", p.stdout, logs())
+      assert.equal(300, count(echo.stdout, "ACCEPT "))
+    end)
+
     it("keeps the other direction open after a half-close", function()
       local echo, eport = service({ "tcp-echo", "--port", 0, "--reply-after-eof",
         "answer sent after your EOF" })

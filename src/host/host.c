@@ -10,6 +10,7 @@
 #include <sodium.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 static struct tun_host *the_host;
@@ -45,9 +46,30 @@ static void on_signal(uv_signal_t *sig, int signum)
     tun_host_stop(h, 0);
 }
 
+/* Every forwarded TCP connection holds a file descriptor on each side (and each peer a connected
+ * UDP socket, net/udp.c), so the usual default soft limit of 1,024 open files would cap a server
+ * or client at about a thousand connections, failing the rest with EMFILE. The soft limit is
+ * only a default: raise it to the hard limit (at most 2^20, Linux's default fs.nr_open), as Go's
+ * runtime does at start-up. Processes started from Lua inherit the raised limit. */
+#define NOFILE_MAX ((rlim_t)1 << 20)
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t want =
+        rl.rlim_max == RLIM_INFINITY || rl.rlim_max > NOFILE_MAX ? NOFILE_MAX : rl.rlim_max;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+        rl.rlim_cur = want;
+        (void)setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 int tun_host_init(struct tun_host *h, const char *lua_dev_dir)
 {
     memset(h, 0, sizeof(*h));
+    raise_nofile();
     if (sodium_init() < 0) {
         fprintf(stderr, "tunnel: libsodium failed to initialise\n");
         return TUN_ECRYPTO;
