@@ -166,8 +166,9 @@ static void set_opt_soft(int fd, int level, int opt, int val, const char *what)
         tun_log_debug(NET, "udp: setsockopt %s: %s", what, tun_strerror(rc));
 }
 
-/* The options every socket of an endpoint carries; the sizes it got go to `st`. */
-static void set_fd_options(struct tun_udp *u, int fd)
+/* The options every socket of an endpoint carries. The buffer sizes the kernel granted go to
+ * `st` (the main socket's are the ones reported). */
+static void set_fd_options(struct tun_udp *u, int fd, struct tun_udp_stats *st)
 {
     if (u->family == AF_INET6) {
         /* Don't fragment, ignore the cached path MTU: QUIC probes the path itself. Without
@@ -181,14 +182,14 @@ static void set_fd_options(struct tun_udp *u, int fd)
     set_opt_soft(fd, IPPROTO_IP, IP_RECVTOS, 1, "IP_RECVTOS");
     set_opt_soft(fd, SOL_SOCKET, SO_RXQ_OVFL, 1, "SO_RXQ_OVFL");
 
-    u->st.rcvbuf = size_buffer(fd, SO_RCVBUFFORCE, SO_RCVBUF, TUN_UDP_SOCKBUF);
-    u->st.sndbuf = size_buffer(fd, SO_SNDBUFFORCE, SO_SNDBUF, TUN_UDP_SOCKBUF);
+    st->rcvbuf = size_buffer(fd, SO_RCVBUFFORCE, SO_RCVBUF, TUN_UDP_SOCKBUF);
+    st->sndbuf = size_buffer(fd, SO_SNDBUFFORCE, SO_SNDBUF, TUN_UDP_SOCKBUF);
 }
 
 static void configure(struct tun_udp *u)
 {
     int fd = u->main.fd;
-    set_fd_options(u, fd);
+    set_fd_options(u, fd, &u->st);
 
     /* Setting the socket-wide segment size to 0 changes nothing (each send passes its own
      * size in a cmsg) but fails on kernels without UDP GSO (before 4.18). */
@@ -212,6 +213,27 @@ static void configure(struct tun_udp *u)
     }
 }
 
+/* A non-blocking UDP socket of `family` bound to `addr`, with SO_REUSEPORT first when `reuse`.
+ * Returns the fd or -errno. */
+static int bound_fd(int family, const struct sockaddr *addr, socklen_t alen, int reuse)
+{
+    int fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_UDP);
+    if (fd < 0)
+        return -errno;
+    /* An IPv6 socket serves IPv4 peers too (Debian's default bindv6only=0, but don't rely on
+     * a sysctl). */
+    int rc = family == AF_INET6 ? set_int(fd, IPPROTO_IPV6, IPV6_V6ONLY, 0) : 0;
+    if (rc == 0 && reuse)
+        rc = set_int(fd, SOL_SOCKET, SO_REUSEPORT, 1);
+    if (rc == 0 && bind(fd, addr, alen) < 0)
+        rc = -errno;
+    if (rc < 0) {
+        close(fd);
+        return rc;
+    }
+    return fd;
+}
+
 int tun_udp_new(uv_loop_t *loop, const struct sockaddr *bind_addr, struct tun_udp **out)
 {
     if (!loop || !bind_addr || !out)
@@ -230,18 +252,10 @@ int tun_udp_new(uv_loop_t *loop, const struct sockaddr *bind_addr, struct tun_ud
     u->loop = loop;
     u->family = bind_addr->sa_family;
     u->main.u = u;
-    u->main.fd = socket(u->family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_UDP);
+    u->main.fd = bound_fd(u->family, bind_addr, alen, 0);
     int rc = 0;
     if (u->main.fd < 0) {
-        rc = -errno;
-        goto fail;
-    }
-    /* An IPv6 socket serves IPv4 peers too (Debian's default bindv6only=0, but don't rely on
-     * a sysctl). */
-    if (u->family == AF_INET6 && (rc = set_int(u->main.fd, IPPROTO_IPV6, IPV6_V6ONLY, 0)) < 0)
-        goto fail;
-    if (bind(u->main.fd, bind_addr, alen) < 0) {
-        rc = -errno;
+        rc = u->main.fd;
         goto fail;
     }
     configure(u);
@@ -827,26 +841,20 @@ int tun_udp_connect(struct tun_udp *u, const struct sockaddr *to, struct tun_udp
     if (!c)
         return TUN_ENOMEM;
     c->s.u = u;
-    c->s.fd = socket(u->family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_UDP);
+    /* Between bind and connect the kernel may steer any datagram for the port here; it is
+     * read and delivered like the others, so nothing is lost. */
+    c->s.fd = bound_fd(u->family, (struct sockaddr *)&local, llen, 1);
     if (c->s.fd < 0) {
-        rc = -errno;
+        rc = c->s.fd;
         free(c);
         return rc;
     }
-    if ((u->family == AF_INET6 && (rc = set_int(c->s.fd, IPPROTO_IPV6, IPV6_V6ONLY, 0)) < 0) ||
-        (rc = set_int(c->s.fd, SOL_SOCKET, SO_REUSEPORT, 1)) < 0)
-        goto fail;
-    /* Between bind and connect the kernel may steer any datagram for the port here; it is
-     * read and delivered like the others, so nothing is lost. */
-    if (bind(c->s.fd, (struct sockaddr *)&local, llen) < 0 ||
-        connect(c->s.fd, (struct sockaddr *)&dst, dlen) < 0) {
+    if (connect(c->s.fd, (struct sockaddr *)&dst, dlen) < 0) {
         rc = -errno;
         goto fail;
     }
-    int rcvbuf = u->st.rcvbuf, sndbuf = u->st.sndbuf;
-    set_fd_options(u, c->s.fd);
-    u->st.rcvbuf = rcvbuf;
-    u->st.sndbuf = sndbuf;
+    struct tun_udp_stats granted;
+    set_fd_options(u, c->s.fd, &granted);
     if (u->gso)
         (void)set_int(c->s.fd, SOL_UDP, UDP_SEGMENT, 0);
     if (u->gro)

@@ -218,6 +218,7 @@ static int path_validation_cb(ngtcp2_conn *conn, uint32_t flags, const ngtcp2_pa
     struct tun_qconn *c = user_data;
     tun_log_debug(QUIC, "conn %llu: path validation %s", (unsigned long long)c->id,
                   res == NGTCP2_PATH_VALIDATION_RESULT_SUCCESS ? "succeeded" : "failed");
+    c->uconn_stale = 1; /* a validated migration takes effect, a failed one goes back */
     tun__qep_mark_dirty(c->ep, c);
     return 0;
 }
@@ -285,6 +286,7 @@ int tun__qconn_new(struct tun_qep *ep, int is_server, const struct sockaddr *loc
     c->id = ++ep->next_conn_id;
     memcpy(&c->remote, remote, remotelen);
     c->remotelen = remotelen;
+    c->uconn_stale = 1;
     c->locallen = tun_sockaddr_len(local);
     memcpy(&c->local, local, c->locallen);
     c->conn_ref.get_conn = get_conn;
@@ -512,9 +514,12 @@ void tun__qconn_read(struct tun_qconn *c, const struct sockaddr *local, const st
     }
     /* Track the peer's current address (NAT rebinding, migration). */
     const ngtcp2_path *cur = ngtcp2_conn_get_path(c->conn);
-    if (cur->remote.addrlen <= sizeof(c->remote)) {
+    if (cur->remote.addrlen <= sizeof(c->remote) &&
+        !tun_sockaddr_equal((const struct sockaddr *)cur->remote.addr,
+                            (const struct sockaddr *)&c->remote)) {
         memcpy(&c->remote, cur->remote.addr, cur->remote.addrlen);
         c->remotelen = cur->remote.addrlen;
+        c->uconn_stale = 1;
     }
     tun__qep_mark_dirty(c->ep, c);
 }
@@ -846,13 +851,13 @@ static void finish_close(struct tun_qconn *c)
 }
 
 /*
- * The peer's address gets a connected socket of its own (tun_udp_connect: the kernel then
- * skips a route lookup per packet both ways, and reports ICMP errors). A client opens it when
- * it dials (it chose the address); a server only once the handshake is done: an address that
- * completed a handshake has been validated, so no one can make it open sockets for spoofed
- * addresses. The socket follows the path (NAT rebinding, migration); a relay path has none.
- * An address the socket could not be opened for is not tried again until the path changes;
- * the packets go through the endpoint's socket meanwhile.
+ * The peer's host answered "port unreachable" (ICMP, learnt through the connected socket).
+ * Before anything came back from the peer, a dial to a port where nothing listens would
+ * otherwise wait for the handshake timeout (10 s) to say "no answer": end it at the second
+ * report (the first retransmission, about a second in), which still lets a server that was
+ * starting up in the meantime answer. ICMP is not authenticated, so an established
+ * connection only logs it: the idle timeout or the peer's stateless reset ends it. (This may
+ * run inside a send of the flush: set_closed only marks the connection, the flush ends it.)
  */
 static void uconn_error(struct tun_udp_conn *uc, int err, void *ud)
 {
@@ -861,28 +866,12 @@ static void uconn_error(struct tun_udp_conn *uc, int err, void *ud)
     if (err != UV_ECONNREFUSED || c->closed)
         return;
     c->port_unreachable++;
-    c->unreachable_new = 1;
-    tun__qep_mark_dirty(c->ep, c);
-}
-
-/*
- * The peer's host answered "port unreachable" (ICMP, learnt through the connected socket).
- * Before anything came back from the peer, a dial to a port where nothing listens would
- * otherwise wait for the handshake timeout (10 s) to say "no answer": end it at the second
- * report (the first retransmission, about a second in), which still lets a server that was
- * starting up in the meantime answer. ICMP is not authenticated, so an established
- * connection only logs it: the idle timeout or the peer's stateless reset ends it.
- */
-static void check_unreachable(struct tun_qconn *c)
-{
-    c->unreachable_new = 0;
     if (c->rx_packets == 0) {
-        if (c->port_unreachable < 2)
-            return;
         static const char why[] = "nothing is listening on that port, or a firewall rejects it "
                                   "(the host answered 'port unreachable'): check the address "
                                   "and that the server is running";
-        set_closed(c, 1, 0, 0, UV_ECONNREFUSED, why, sizeof(why) - 1);
+        if (c->port_unreachable >= 2)
+            set_closed(c, 1, 0, 0, UV_ECONNREFUSED, why, sizeof(why) - 1);
         return;
     }
     if (!c->unreachable_logged) {
@@ -897,9 +886,19 @@ static void check_unreachable(struct tun_qconn *c)
     }
 }
 
+/*
+ * The peer's address gets a connected socket of its own (tun_udp_connect: the kernel then
+ * skips a route lookup per packet both ways, and reports ICMP errors). A client opens it when
+ * it dials (it chose the address); a server only once the handshake is done: an address that
+ * completed a handshake has been validated, so no one can make it open sockets for spoofed
+ * addresses. It is looked at again only when the path changed (uconn_stale: a new peer
+ * address, a migration, a path validation); a relay path has none. An address the socket could
+ * not be opened for is not tried again until then: the endpoint's socket serves it meanwhile.
+ */
 static void sync_uconn(struct tun_qconn *c)
 {
     struct tun_qep *ep = c->ep;
+    c->uconn_stale = 0;
     const ngtcp2_path *p = ngtcp2_conn_get_path(c->conn);
     const struct sockaddr *remote = (const struct sockaddr *)p->remote.addr;
     int on_socket = tun_sockaddr_equal((const struct sockaddr *)p->local.addr,
@@ -910,25 +909,20 @@ static void sync_uconn(struct tun_qconn *c)
         tun_udp_conn_close(c->uconn);
         c->uconn = NULL;
     }
-    if (!on_socket || tun_sockaddr_equal(remote, (const struct sockaddr *)&c->uconn_refused))
+    if (!on_socket)
         return;
     int rc = tun_udp_connect(ep->udp, remote, &c->uconn);
     if (rc == 0)
         tun_udp_conn_set_error_cb(c->uconn, uconn_error, c);
-    if (rc < 0) {
-        memcpy(&c->uconn_refused, remote, p->remote.addrlen);
+    else
         tun_log_debug(QUIC, "conn %llu: no connected socket for the peer: %s",
                       (unsigned long long)c->id, tun_strerror(rc));
-    }
 }
 
 int tun__qconn_flush(struct tun_qconn *c)
 {
-    if (!c->closed && c->unreachable_new)
-        check_unreachable(c);
     if (!c->closed) {
-        /* A client dials an address it chose: its connected socket can start at once. */
-        if (c->ready || !c->ep->is_server)
+        if (c->uconn_stale && (c->ready || c->ready_pending || !c->ep->is_server))
             sync_uconn(c);
         /* Send what is queued first: a close often follows a last message (AUTH_FAIL). */
         apply_stream_ops(c);
@@ -948,7 +942,6 @@ int tun__qconn_flush(struct tun_qconn *c)
     if (!c->closed && c->ready_pending) {
         c->ready_pending = 0;
         c->ready = 1;
-        sync_uconn(c);
         if (c->cbs.on_ready)
             c->cbs.on_ready(c, c->ud);
         /* on_ready usually opens streams and writes: send that now. */
@@ -1115,6 +1108,7 @@ int tun_qconn_migrate(struct tun_qconn *c, const struct sockaddr *local,
     case 0:
         memcpy(&c->remote, remote, tun_sockaddr_len(remote));
         c->remotelen = tun_sockaddr_len(remote);
+        c->uconn_stale = 1;
         tun__qep_mark_dirty(c->ep, c);
         return 0;
     case NGTCP2_ERR_INVALID_STATE:

@@ -122,9 +122,8 @@ struct tun_qconn {
     socklen_t remotelen;
     struct sockaddr_storage local; /* the connection's first path's local address */
     socklen_t locallen;
-    struct tun_udp_conn *uconn;            /* connected socket for the current path, or NULL */
-    struct sockaddr_storage uconn_refused; /* last address tun_udp_connect failed for */
-    uint32_t port_unreachable;             /* ICMP port unreachable reports (uconn_error) */
+    struct tun_udp_conn *uconn; /* connected socket for the current path, or NULL */
+    uint32_t port_unreachable;  /* ICMP port unreachable reports (uconn_error) */
     uv_timer_t timer;
     uint64_t pdeadline; /* sub-millisecond deadline (tun__now() time), 0: none */
     struct tun_qconn *pnext, *pprev;
@@ -145,8 +144,8 @@ struct tun_qconn {
     /* original DCID chosen by the client, routed until the handshake completes (server) */
     ngtcp2_cid odcid;
     unsigned ready_pending : 1, ready : 1, closed : 1, close_pending : 1, notified_closed : 1,
-        timer_closed : 1, want_close : 1, write_blocked : 1, stateless_reset : 1,
-        unreachable_new : 1, unreachable_logged : 1;
+        timer_closed : 1, want_close : 1, write_blocked : 1, stateless_reset : 1, uconn_stale : 1,
+        unreachable_logged : 1; /* uconn_stale: the path changed (sync_uconn) */
     uint64_t close_code;
     char close_reason[256];
     struct tun_qclose_info why;
