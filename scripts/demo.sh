@@ -131,7 +131,7 @@ On a machine both sides can reach (a small VPS; TLS and more in docs/relay.md):
   tunnel relay --listen 0.0.0.0:3340
 On the machine with the service (server), no open port needed:
   tunnel generate-server-key --output ~/.config/tunnel/server.key
-  tunnel generate-token > ~/.config/tunnel/tokens
+  (umask 077; tunnel generate-token > ~/.config/tunnel/tokens)
   tunnel server --secret-file ~/.config/tunnel/server.key \\
       --auth-tokens-file ~/.config/tunnel/tokens --allowed-tcp 127.0.0.1/32 \\
       --relay-url http://<relay-host>:3340

@@ -372,6 +372,26 @@ describe("tunnel port forwarding", function()
         "port"):format(port), c.stderr, 1, true)
     end)
 
+    it("gives up after [transport] connect_timeout when the server address is silent", function()
+      -- A bound socket that never reads: datagrams vanish, no port unreachable comes back.
+      local silent = uv.new_udp()
+      assert(silent:bind("127.0.0.1", 0))
+      local port = silent:getsockname().port
+      local conf = H.write_file(T.dir .. "/client.toml",
+        'role = "client"\n[iroh.transport]\nconnect_timeout = 2\n')
+      local c = H.start({ "client", "-c", conf, "--server-node-id", new_key(T.dir .. "/k.key"),
+        "--server-addr", "127.0.0.1:" .. port, "--auth-token", new_token(),
+        "--source", "tcp://127.0.0.1:9", "--target", "127.0.0.1:" .. free_port() },
+        { env = T.env })
+      track(c, "tunnel client")
+      c:wait(60)
+      silent:close()
+      assert.is_nil(c.timed_out, "the client kept running:" .. logs())
+      assert.equal(1, c.code, logs())
+      assert.matches(("tunnel: cannot connect to 127.0.0.1:%d: handshake timed out after 2 s: " ..
+        "no answer from the peer"):format(port), c.stderr, 1, true)
+    end)
+
     it("refuses a server whose EndpointId is not the expected one", function()
       start_server()
       local other = new_key(T.dir .. "/other.key")
@@ -650,5 +670,32 @@ describe("tunnel port forwarding", function()
     assert.equal(1, c.code, logs())
     assert.matches("tunnel: [^\n]*kicked", c.stderr)
     assert.is_false(T.server.done, "kicking a session must not stop the server")
+  end)
+end)
+
+describe("tunnel.server and tunnel.client option tables", function()
+  local client = require "tunnel.client"
+  local server = require "tunnel.server"
+  local id = "54vwehvxwzgtmaf4zomqeo7athnn5fv5yu6gdjvewzt2e6dm44ba"
+
+  it("reject unknown and mistyped transport keys at the caller's line", function()
+    local function cli(t)
+      local c = client.new({ server_id = id, server_addr = "127.0.0.1:9", token = "x",
+        source = "tcp://127.0.0.1:9", target = "127.0.0.1:9", transport = t })
+      return c -- not a tail call: the error names this line
+    end
+    local ok, err = pcall(cli, { idle_timout = 5 })
+    assert.is_false(ok)
+    assert.matches("^[^:]*forward_spec.lua:%d+: tunnel.client transport: unknown option " ..
+      "'idle_timout' %(known: congestion_controller, connect_timeout, ", err)
+    ok, err = pcall(cli, { connect_timeout = "2" })
+    assert.is_false(ok)
+    assert.matches("tunnel.client transport: option 'connect_timeout' must be a number, got " ..
+      "string", err, 1, true)
+    ok, err = pcall(server.new, { listen = "127.0.0.1:0", tokens = {},
+      transport = { congestion_controller = "vegas" } })
+    assert.is_false(ok)
+    assert.matches("tunnel.server transport: congestion_controller must be bbr, cubic or " ..
+      "reno, got 'vegas'", err, 1, true)
   end)
 end)

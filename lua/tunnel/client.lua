@@ -78,6 +78,7 @@ M.describe_close = describe_close
 --- Create a client and start connecting. Returns the client, or nil and an error message.
 function M.new(opts)
   server_mod.check_options("tunnel.client", opts, OPTIONS, 2)
+  server_mod.check_transport("tunnel.client", opts.transport, 2)
   local server_key, err
   local via_relay = opts.relay_urls and #opts.relay_urls > 0 and not opts.server_addr
     and not opts.deferred

@@ -61,6 +61,26 @@ local function check_options(what, opts, known, level)
 end
 M.check_options = check_options
 
+-- The [transport] keys (docs/config.md) a `transport` option table may hold.
+local TRANSPORT = {
+  congestion_controller = "string", receive_window = "number", send_window = "number",
+  idle_timeout = "number", keep_alive_interval = "number", connect_timeout = "number",
+  udp_idle_timeout = "number",
+}
+
+--- Check a `transport` option (if any) the way check_options checks the options.
+local function check_transport(what, t, level)
+  if t == nil then
+    return
+  end
+  check_options(what .. " transport", t, TRANSPORT, level + 1)
+  if t.congestion_controller and not CC[t.congestion_controller] then
+    error(string.format("%s transport: congestion_controller must be bbr, cubic or reno, got '%s'",
+      what, t.congestion_controller), level + 1)
+  end
+end
+M.check_transport = check_transport
+
 --- QUIC settings from a [transport] table (docs/config.md).
 function M.quic_options(t)
   t = t or {}
@@ -80,6 +100,9 @@ function M.quic_options(t)
   end
   if t.keep_alive_interval then
     q.keepalive_ms = t.keep_alive_interval * 1000
+  end
+  if t.connect_timeout then
+    q.handshake_timeout_ms = t.connect_timeout * 1000
   end
   return q
 end
@@ -513,6 +536,7 @@ end
 --- Create and start a server. Returns the server, or nil and an error message.
 function M.new(opts)
   check_options("tunnel.server", opts, OPTIONS, 2)
+  check_transport("tunnel.server", opts.transport, 2)
   local secret, err
   if opts.secret and opts.secret_file then
     error("tunnel.server: give secret or secret_file, not both", 2)

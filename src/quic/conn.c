@@ -469,9 +469,14 @@ static void on_conn_error(struct tun_qconn *c, int rv)
     case NGTCP2_ERR_IDLE_CLOSE:
         set_closed(c, 1, 0, 0, TUN_ETIMEDOUT, "idle timeout: the peer stopped answering", 40);
         return;
-    case NGTCP2_ERR_HANDSHAKE_TIMEOUT:
-        set_closed(c, 1, 0, 0, TUN_ETIMEDOUT, "handshake timed out: no answer from the peer", 44);
+    case NGTCP2_ERR_HANDSHAKE_TIMEOUT: {
+        /* Name the limit: it is configurable ([transport] connect_timeout). */
+        int n =
+            snprintf(msg, sizeof(msg), "handshake timed out after %.3g s: no answer from the peer",
+                     (double)c->ep->cfg.handshake_timeout_ms / 1000);
+        set_closed(c, 1, 0, 0, TUN_ETIMEDOUT, msg, (size_t)n);
         return;
+    }
     case NGTCP2_ERR_DROP_CONN:
         set_closed(c, 1, 0, 0, TUN_EPROTO, "connection dropped", 18);
         return;
