@@ -92,6 +92,85 @@ describe("examples/server.lua and examples/client.lua", function()
   end)
 end)
 
+describe("tunnel.server's on_request hook", function()
+  it("denies a rewrite it cannot use, answers at once and frees the session slot", function()
+    local dir = H.tmpdir()
+    local env = { XDG_RUNTIME_DIR = dir }
+    assert.equal(0, H.tunnel({ "generate-server-key", "--output", dir .. "/k" }).code)
+    local token = H.tunnel({ "generate-token" }).stdout:gsub("%s+$", "")
+    local id = H.tunnel({ "show-server-id", "--secret-file", dir .. "/k" }).stdout:gsub("%s+$", "")
+    local echo, echo_port = echo_service()
+    -- One session at a time; port 7 is rewritten to a port that cannot exist.
+    local script = dir .. "/server.lua"
+    local f = assert(io.open(script, "w"))
+    f:write(([[
+local tunnel = require "tunnel"
+local srv = assert(tunnel.server { listen = "127.0.0.1:0", secret_file = %q, tokens = { %q },
+  allowed_tcp = { "127.0.0.0/8" }, max_sessions = 1,
+  on_request = function(req)
+    if req.port == 7 then return { port = 70000 } end
+    if req.port == 9 then return { host = 127 } end
+    return true
+  end })
+io.stdout:write("Listening: ", srv:address(), "\n")
+io.stdout:flush()
+]]):format(dir .. "/k", token))
+    f:close()
+    local srv = H.start({ script }, { env = env })
+    assert.is_true(srv:wait_output("Listening: 127%.0%.0%.1:%d+", 10, "stdout"), srv.stderr)
+    local sport = srv.stdout:match("Listening: 127%.0%.0%.1:(%d+)")
+    local p1, p2, p3 = free_port(), free_port(), free_port()
+    local cli = H.start({ "examples/client.lua", id, "127.0.0.1:" .. sport, token,
+      "tcp://127.0.0.1:7", "127.0.0.1:" .. p1, "tcp://127.0.0.1:9", "127.0.0.1:" .. p2,
+      "tcp://127.0.0.1:" .. echo_port, "127.0.0.1:" .. p3 }, { env = env })
+    assert.is_true(cli:wait_output("READY", 10, "stdout"), cli.stderr)
+    -- Refused (the local connection closes), not left hanging.
+    assert.equal("", roundtrip(p1, "x"))
+    assert.is_true(cli:wait_output("refused: denied by server policy", 10), cli.stderr)
+    assert.equal("", roundtrip(p2, "y"))
+    assert.is_true(srv:wait_output("on_request returned an invalid rewrite %(port must be " ..
+      "an integer 1%-65535, got 70000%): denying", 10), srv.stderr)
+    assert.is_true(srv:wait_output("on_request returned an invalid rewrite %(host must be a " ..
+      "non%-empty string, got number%): denying", 10), srv.stderr)
+    -- The only session slot is free again.
+    assert.equal("still works", roundtrip(p3, "still works"))
+    cli:kill("sigkill")
+    cli:wait(5)
+    srv:kill("sigterm")
+    srv:wait(10)
+    assert.equal(0, srv.code, srv.stderr)
+    echo:close()
+    H.cleanup()
+  end)
+end)
+
+describe("tunnel.client without on_closed", function()
+  it("logs why it could not connect", function()
+    local dir = H.tmpdir()
+    assert.equal(0, H.tunnel({ "generate-server-key", "--output", dir .. "/k" }).code)
+    local id = H.tunnel({ "show-server-id", "--secret-file", dir .. "/k" }).stdout:gsub("%s+$", "")
+    local token = H.tunnel({ "generate-token" }).stdout:gsub("%s+$", "")
+    local dead = uv.new_udp()
+    assert(dead:bind("127.0.0.1", 0))
+    local port = dead:getsockname().port
+    dead:close() -- nothing listens there now: the host answers "port unreachable"
+    local script = dir .. "/client.lua"
+    local f = assert(io.open(script, "w"))
+    f:write(([[
+local tunnel = require "tunnel"
+assert(tunnel.client { server_id = %q, server_addr = "127.0.0.1:%d", token = %q,
+  source = "tcp://127.0.0.1:9", target = "127.0.0.1:0" })
+]]):format(id, port, token))
+    f:close()
+    local c = H.start({ script }, { env = { XDG_RUNTIME_DIR = dir } })
+    assert.is_true(c:wait_output(("cannot connect to 127%%.0%%.0%%.1:%d: nothing is listening"):
+      format(port), 20), c.stderr)
+    c:kill("sigkill")
+    c:wait(5)
+    H.cleanup()
+  end)
+end)
+
 describe("examples/manual_loopback.lua", function()
   it("connects a manual-mode pair in one process and echoes the message", function()
     local dir = H.tmpdir()

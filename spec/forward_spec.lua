@@ -698,4 +698,44 @@ describe("tunnel.server and tunnel.client option tables", function()
     assert.matches("tunnel.server transport: congestion_controller must be bbr, cubic or " ..
       "reno, got 'vegas'", err, 1, true)
   end)
+
+  it("reject numbers out of range and allow-list entries with host bits set", function()
+    local function srv(o)
+      o.listen, o.tokens = "127.0.0.1:0", { "x" }
+      local s = server.new(o)
+      return s
+    end
+    local ok, err = pcall(srv, { max_sessions = -1 })
+    assert.is_false(ok)
+    assert.matches("forward_spec.lua:%d+: tunnel.server: option 'max_sessions' is out of range: " ..
+      "got %-1, allowed 0 to", err)
+    ok, err = pcall(srv, { max_sessions = 1.5 })
+    assert.is_false(ok)
+    assert.matches("option 'max_sessions' must be an integer, got 1.5", err, 1, true)
+    ok, err = pcall(srv, { transport = { receive_window = 10 } })
+    assert.is_false(ok)
+    assert.matches("tunnel.server transport: option 'receive_window' is out of range", err, 1, true)
+    ok, err = pcall(srv, { udp_idle_timeout = 0 })
+    assert.is_false(ok)
+    assert.matches("option 'udp_idle_timeout' is out of range: got 0", err, 1, true)
+    local s, serr = server.new({ listen = "127.0.0.1:0", tokens = { (new_token()) },
+      allowed_tcp = { "10.0.0.5/24" } })
+    assert.is_nil(s)
+    assert.matches("allowed_tcp: allow-list entry 1: '10.0.0.5/24' has host bits set", serr, 1,
+      true)
+    s = assert(server.new({ listen = "127.0.0.1:0", tokens = { (new_token()) } }))
+    local r, rerr = s:set_allowed("tcp", { "192.168.1.1/16" })
+    assert.is_nil(r)
+    assert.matches("has host bits set", rerr, 1, true)
+    ok, err = pcall(s.set_allowed, s, "tcp", "10.0.0.0/8")
+    assert.is_false(ok)
+    assert.matches("set_allowed: the list must be a table of CIDR strings, got string", err, 1,
+      true)
+    ok, err = pcall(s.set_max_sessions, s, "5")
+    assert.is_false(ok)
+    assert.matches("set_max_sessions: expected a number, got string", err, 1, true)
+    assert.is_true(s:set_allowed("tcp", { "10.0.0.0/8" }))
+    assert.same({ "10.0.0.0/8" }, s:allowed_list("tcp"))
+    s:close()
+  end)
 end)

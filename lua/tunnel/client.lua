@@ -78,6 +78,7 @@ M.describe_close = describe_close
 --- Create a client and start connecting. Returns the client, or nil and an error message.
 function M.new(opts)
   server_mod.check_options("tunnel.client", opts, OPTIONS, 2)
+  server_mod.check_ranges("tunnel.client", opts, 2)
   server_mod.check_transport("tunnel.client", opts.transport, 2)
   local server_key, err
   local via_relay = opts.relay_urls and #opts.relay_urls > 0 and not opts.server_addr
@@ -258,7 +259,16 @@ function Client:_event(ev)
     call(self.on_rejected, self, f, ev.reason, CODE_TEXT[ev.code])
   elseif ev.type == "closed" then
     self.closed_why = ev.why
-    call(self.on_closed, self, describe_close(ev.why), ev.why)
+    local text = describe_close(ev.why)
+    if self.on_closed then
+      call(self.on_closed, self, text, ev.why)
+    elseif self.ready then
+      -- Without a hook nobody else would say it: the listeners stay but forward nothing.
+      log.error("connection to the server ended: %s", text)
+    else
+      log.error("cannot connect to %s: %s", self.server_addr or self.server_id or "the server",
+        text)
+    end
   end
 end
 

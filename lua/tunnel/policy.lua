@@ -10,7 +10,8 @@ local M = {}
 function M.compile(list)
   local out = {}
   for i, s in ipairs(list or {}) do
-    local c, err = addr.parse_cidr(s, { mask = true })
+    -- Strict, as in config files: "10.0.0.5/24" is a typo of one of two meanings.
+    local c, err = addr.parse_cidr(s)
     if not c then
       return nil, string.format("allow-list entry %d: %s", i, err)
     end

@@ -68,12 +68,41 @@ local TRANSPORT = {
   udp_idle_timeout = "number",
 }
 
+-- Ranges of numeric options (after the type check): { min, max, integer }. The same limits
+-- as the config file's (lua/tunnel/config.lua); seconds may be fractions.
+local RANGES = {
+  max_sessions = { 0, 0xfffffffe, true }, auth_timeout = { 0.001, 3600 },
+  udp_idle_timeout = { 0.001, 86400 },
+  receive_window = { 1024, 1024 ^ 3, true }, send_window = { 1024, 1024 ^ 3, true },
+  idle_timeout = { 0.001, 3600 }, keep_alive_interval = { 0, 3600 },
+  connect_timeout = { 0.001, 600 },
+}
+
+--- Check that the numeric options of `t` named in RANGES are in range.
+local function check_ranges(what, t, level)
+  for k, v in pairs(t) do
+    local r = RANGES[k]
+    if r and type(v) == "number" then
+      if r[3] and v ~= math.floor(v) then
+        error(string.format("%s: option '%s' must be an integer, got %s", what, k, tostring(v)),
+          level + 1)
+      end
+      if v ~= v or v < r[1] or v > r[2] then
+        error(string.format("%s: option '%s' is out of range: got %s, allowed %s to %s", what, k,
+          tostring(v), tostring(r[1]), string.format("%.0f", r[2])), level + 1)
+      end
+    end
+  end
+end
+M.check_ranges = check_ranges
+
 --- Check a `transport` option (if any) the way check_options checks the options.
 local function check_transport(what, t, level)
   if t == nil then
     return
   end
   check_options(what .. " transport", t, TRANSPORT, level + 1)
+  check_ranges(what .. " transport", t, level + 1)
   if t.congestion_controller and not CC[t.congestion_controller] then
     error(string.format("%s transport: congestion_controller must be bbr, cubic or reno, got '%s'",
       what, t.congestion_controller), level + 1)
@@ -216,6 +245,23 @@ local function auth_event(self, ev)
   end
 end
 
+--- Why an on_request rewrite table is unusable, or nil when it is fine.
+local function rewrite_error(a)
+  for k in pairs(a) do
+    if k ~= "host" and k ~= "port" then
+      return "unknown key '" .. tostring(k) .. "'; a rewrite has host and/or port"
+    end
+  end
+  if a.host ~= nil and (type(a.host) ~= "string" or a.host == "") then
+    return "host must be a non-empty string, got " .. type(a.host)
+  end
+  local p = a.port
+  if p ~= nil and (type(p) ~= "number" or p ~= math.floor(p) or p < 1 or p > 65535) then
+    return "port must be an integer 1-65535, got " .. tostring(p)
+  end
+  return nil
+end
+
 local function request_event(self, ev)
   local core_srv = self.core
   local hostport = ev.host:find(":", 1, true) and ("[" .. ev.host .. "]:" .. ev.port)
@@ -233,6 +279,11 @@ local function request_event(self, ev)
       return reject(M.CODE.DENIED, why or "denied by server policy")
     elseif type(a) == "table" then
       -- A rewrite: the hook names another host and/or port (still subject to the allow-list).
+      local bad = rewrite_error(a)
+      if bad then
+        log.error("on_request returned an invalid rewrite (%s): denying", bad)
+        return reject(M.CODE.DENIED, "denied by server policy")
+      end
       req.host = a.host or req.host
       req.port = a.port or req.port
     elseif a ~= true then
@@ -249,7 +300,13 @@ local function request_event(self, ev)
     end
     flog.debug("session %d: %s allowed, connecting to %s", ev.session, src,
       table.concat(list.ips, ", "))
-    core_srv:accept(ev.session, ev.stream, list)
+    -- Whatever goes wrong here, the request gets an answer: a stream left unanswered would
+    -- hold its local connection open and its --max-sessions slot until the session ends.
+    local ok, err = pcall(core_srv.accept, core_srv, ev.session, ev.stream, list)
+    if not ok then
+      log.error("session %d: cannot accept %s: %s", ev.session, src, tostring(err))
+      reject(M.CODE.INTERNAL, "internal error")
+    end
   end)
 end
 
@@ -536,6 +593,7 @@ end
 --- Create and start a server. Returns the server, or nil and an error message.
 function M.new(opts)
   check_options("tunnel.server", opts, OPTIONS, 2)
+  check_ranges("tunnel.server", opts, 2)
   check_transport("tunnel.server", opts.transport, 2)
   local secret, err
   if opts.secret and opts.secret_file then
@@ -668,6 +726,9 @@ function Server:set_allowed(proto, list)
   if proto ~= "tcp" and proto ~= "udp" then
     error("set_allowed: protocol must be 'tcp' or 'udp'", 2)
   end
+  if type(list) ~= "table" then
+    error("set_allowed: the list must be a table of CIDR strings, got " .. type(list), 2)
+  end
   local c, err = policy.compile(list)
   if not c then
     return nil, err
@@ -686,6 +747,10 @@ end
 
 --- Change the limit on concurrent connections and flows (0: no limit).
 function Server:set_max_sessions(n)
+  if type(n) ~= "number" then
+    error("set_max_sessions: expected a number, got " .. type(n), 2)
+  end
+  check_ranges("set_max_sessions", { max_sessions = n }, 2)
   self.core:set_max_active(n == 0 and 0xffffffff or n)
 end
 
