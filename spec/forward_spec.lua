@@ -611,7 +611,8 @@ describe("tunnel port forwarding", function()
     end)
   end)
 
-  it("runs several forwards from one config file", function()
+  -- Two echo services and two free local ports; check(c) proves each port reaches its own.
+  local function two_forwards()
     local a, aport = service({ "tcp-echo", "--port", 0 })
     local b, bport = service({ "tcp-echo", "--port", 0 })
     start_server()
@@ -620,6 +621,23 @@ describe("tunnel port forwarding", function()
     repeat
       lb = free_port()
     until lb ~= la
+    local function verify(c)
+      wait_ready(c, 2)
+      for _, f in ipairs({ { la, a, b }, { lb, b, a } }) do
+        local lport, to, other = f[1], f[2], f[3]
+        local before = count(other.stdout, "ACCEPT ")
+        local p = check({ "tcp-bulk", "--port", lport, "--bytes", MiB })
+        assert.matches("BYTES " .. MiB .. "\n", p.stdout, 1, true)
+        assert.equal(0, p.code, logs())
+        assert.equal(1, count(to.stdout, "ACCEPT "))
+        assert.equal(before, count(other.stdout, "ACCEPT "))
+      end
+    end
+    return aport, bport, la, lb, verify
+  end
+
+  it("runs several forwards from one config file", function()
+    local aport, bport, la, lb, verify = two_forwards()
     local conf = H.write_file(T.dir .. "/client.toml", table.concat({
       'role = "client"',
       'mode = "iroh"',
@@ -634,17 +652,44 @@ describe("tunnel port forwarding", function()
       ('source = "tcp://127.0.0.1:%d"'):format(bport),
       ('target = "127.0.0.1:%d"'):format(lb),
     }, "\n") .. "\n")
-    local c = start_client({ "-c", conf }, { bare = true })
-    wait_ready(c, 2)
-    for _, f in ipairs({ { la, a, b }, { lb, b, a } }) do
-      local lport, to, other = f[1], f[2], f[3]
-      local before = count(other.stdout, "ACCEPT ")
-      local p = check({ "tcp-bulk", "--port", lport, "--bytes", MiB })
-      assert.matches("BYTES " .. MiB .. "\n", p.stdout, 1, true)
-      assert.equal(0, p.code, logs())
-      assert.equal(1, count(to.stdout, "ACCEPT "))
-      assert.equal(before, count(other.stdout, "ACCEPT "))
-    end
+    verify(start_client({ "-c", conf }, { bare = true }))
+  end)
+
+  it("runs several forwards given as --source/--target pairs", function()
+    local aport, bport, la, lb, verify = two_forwards()
+    verify(start_client({ "--source", "tcp://127.0.0.1:" .. aport, "--target", "127.0.0.1:" .. la,
+      "-s", "tcp://127.0.0.1:" .. bport, "-t", "127.0.0.1:" .. lb }))
+    local c = H.tunnel({ "client", "-n", T.id, "--server-addr", "127.0.0.1:" .. T.port,
+      "--auth-token", T.token, "-s", "tcp://127.0.0.1:1", "-t", "127.0.0.1:" .. la, "-s",
+      "tcp://127.0.0.1:2" }, { env = T.env })
+    assert.equal(1, c.code)
+    assert.equal("tunnel: --source and --target go in pairs, one --target per --source: got 2 " ..
+      "--source and 1 --target\n", c.stderr)
+  end)
+
+  it("takes a lone --target as the new address of the file's request_source", function()
+    -- The command line's forward replaces the file's forwards ([[forward]] too); the missing
+    -- half comes from the file.
+    local a, aport = service({ "tcp-echo", "--port", 0 })
+    start_server()
+    local la = free_port()
+    local conf = H.write_file(T.dir .. "/client.toml", table.concat({
+      'role = "client"',
+      "[iroh]",
+      ('request_source = "tcp://127.0.0.1:%d"'):format(aport),
+      'target = "127.0.0.1:1"',
+      "[[iroh.forward]]",
+      'source = "tcp://127.0.0.1:2"',
+      'target = "127.0.0.1:3"',
+    }, "\n") .. "\n")
+    local c = start_client({ "-c", conf, "--target", "127.0.0.1:" .. la })
+    wait_ready(c, 1)
+    assert.equal(1, count(c.stderr, "forwarding %a+ "), logs())
+    assert.matches(("forwarding tcp 127.0.0.1:%d -> tcp://127.0.0.1:%d"):format(la, aport),
+      c.stderr, 1, true)
+    local p = check({ "tcp-bulk", "--port", la, "--bytes", MiB })
+    assert.matches("BYTES " .. MiB .. "\n", p.stdout, 1, true)
+    assert.equal(1, count(a.stdout, "ACCEPT "))
   end)
 
   it("lists sessions in the REPL and kick() ends one", function()

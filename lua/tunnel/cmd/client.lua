@@ -15,8 +15,10 @@ function M.configure(c)
   c:option("-n --server-node-id", "The server's EndpointId."):argname("<id>")
   c:option("--server-addr", "The server's UDP address (host:port)."):argname("<host:port>")
   c:option("-s --source", "What to reach, as the server sees it: tcp://host:port or " ..
-    "udp://host:port."):argname("<url>")
-  c:option("-t --target", "Local address to listen on (host:port)."):argname("<host:port>")
+    "udp://host:port. Repeat with --target for more forwards (pairs in order)."):argname("<url>")
+    :count("*")
+  c:option("-t --target", "Local address to listen on (host:port), one per --source.")
+    :argname("<host:port>"):count("*")
   c:option("--auth-token", "Authentication token."):argname("<token>")
   c:option("--auth-token-file", "File holding the token."):argname("<file>")
   common.relay_options(c)
@@ -27,9 +29,26 @@ function M.configure(c)
     "offer and answer sent as encrypted Nostr events."), "client")
 end
 
+--- The command line's forwards: the first pair, and a [[forward]] list of the others. One
+-- --source or one --target alone is left to the file's other half (docs/config.md).
+local function cli_forwards(args)
+  local srcs, tgts = args.source or {}, args.target or {}
+  if (#srcs > 1 or #tgts > 1) and #srcs ~= #tgts then
+    return nil, string.format("--source and --target go in pairs, one --target per --source: " ..
+      "got %d --source and %d --target", #srcs, #tgts)
+  end
+  local more = {}
+  for i = 2, #srcs do
+    more[#more + 1] = { source = srcs[i], target = tgts[i] }
+  end
+  return { srcs[1], tgts[1], more }
+end
+M.cli_forwards = cli_forwards
+
 function M.settings(args)
-  if (args.source == nil) ~= (args.target == nil) then
-    return nil, "--source and --target go together"
+  local fw, ferr = cli_forwards(args)
+  if not fw then
+    return nil, ferr
   end
   if args.auth_token and args.auth_token_file then
     return nil, "give --auth-token or --auth-token-file, not both"
@@ -37,8 +56,9 @@ function M.settings(args)
   local section, whole = common.settings(args, "client", "iroh", {
     server_node_id = args.server_node_id,
     server_addrs = args.server_addr and { args.server_addr } or nil,
-    request_source = args.source,
-    target = args.target,
+    request_source = fw[1],
+    target = fw[2],
+    forward = fw[3],
     auth_token = args.auth_token,
     auth_token_file = args.auth_token_file,
     relay_urls = args.relay_url and #args.relay_url > 0 and args.relay_url or nil,
@@ -54,12 +74,16 @@ end
 
 --- The validated [manual] section and the forward.
 function M.manual_settings(args)
-  if (args.source == nil) ~= (args.target == nil) then
-    return nil, "--source and --target go together"
+  local fw, ferr = cli_forwards(args)
+  if not fw then
+    return nil, ferr
+  end
+  if #fw[3] > 0 then
+    return nil, "manual mode forwards one --source to one --target"
   end
   local stun = args.stun_server and #args.stun_server > 0 and args.stun_server or nil
   local section, whole = common.settings(args, "client", "manual", {
-    stun_servers = stun, request_source = args.source, target = args.target,
+    stun_servers = stun, request_source = fw[1], target = fw[2],
   })
   if not section then
     return nil, whole

@@ -84,10 +84,11 @@ function M.settings(args, role)
     cli.max_sessions = args.max_sessions
     cli.allowed_sources = { tcp = nonempty(args.allowed_tcp), udp = nonempty(args.allowed_udp) }
   else
-    if (args.source == nil) ~= (args.target == nil) then
-      return nil, "--source and --target go together"
+    local fw, ferr = require("tunnel.cmd.client").cli_forwards(args)
+    if not fw then
+      return nil, ferr
     end
-    cli.request_source, cli.target = args.source, args.target
+    cli.request_source, cli.target, cli.forward = fw[1], fw[2], fw[3]
     cli.republish_interval, cli.max_wait = args.republish_interval, args.max_wait
   end
   local section, whole = common.settings(args, role, "nostr", cli)
