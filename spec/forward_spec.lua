@@ -86,7 +86,11 @@ end
 local function forward(source, o)
   local proto = source:match("^(%a+)://")
   local lport = free_port(proto)
-  local c = start_client({ "--source", source, "--target", "127.0.0.1:" .. lport }, o)
+  local args = { "--source", source, "--target", "127.0.0.1:" .. lport }
+  for _, a in ipairs(o and o.args or {}) do
+    args[#args + 1] = a
+  end
+  local c = start_client(args, o)
   wait_ready(c)
   assert.matches("forwarding " .. proto .. " 127.0.0.1:" .. lport .. " -> " .. source, c.stderr,
     1, true)
@@ -370,6 +374,58 @@ describe("tunnel port forwarding", function()
       -- Not the handshake timeout's "no answer": the host's port unreachable, reported.
       assert.matches(("tunnel: cannot connect to 127.0.0.1:%d: nothing is listening on that " ..
         "port"):format(port), c.stderr, 1, true)
+    end)
+
+    it("tries the next server address when one does not answer, keeping local connections",
+      function()
+        local _, eport = service({ "tcp-echo", "--port", 0 })
+        start_server()
+        local silent = uv.new_udp()
+        assert(silent:bind("127.0.0.1", 0))
+        local sport = silent:getsockname().port
+        local dead = free_port("udp")
+        local conf = H.write_file(T.dir .. "/client.toml", table.concat({
+          'role = "client"',
+          "[iroh]",
+          ('server_addrs = ["127.0.0.1:%d", "127.0.0.1:%d", "127.0.0.1:%d"]'):format(dead, sport,
+            T.port),
+          "[iroh.transport]",
+          "connect_timeout = 2",
+        }, "\n") .. "\n")
+        local lport = free_port()
+        local c = start_client({ "-c", conf, "-n", T.id, "--auth-token", T.token, "--source",
+          "tcp://127.0.0.1:" .. eport, "--target", "127.0.0.1:" .. lport }, { bare = true })
+        -- A local connection while the second (silent) address is tried: it waits, and goes
+        -- through once the third one answers.
+        assert(H.wait_until(function()
+          return c.stderr:find("trying 127.0.0.1:" .. sport, 1, true) or c.done
+        end, 30), logs())
+        local p = check({ "tcp-bulk", "--port", lport, "--bytes", MiB })
+        silent:close()
+        assert.matches("BYTES " .. MiB .. "\n", p.stdout, 1, true)
+        assert.equal(0, p.code, logs())
+        assert.matches(("cannot connect to 127.0.0.1:%d: nothing is listening on that port"):
+          format(dead), c.stderr, 1, true)
+        assert.matches(("cannot connect to 127.0.0.1:%d: handshake timed out after 2 s: no " ..
+          "answer from the peer; trying 127.0.0.1:%d"):format(sport, T.port), c.stderr, 1, true)
+        assert.matches("connected to " .. T.id .. " at 127.0.0.1:" .. T.port, c.stderr, 1, true)
+      end)
+
+    it("sends from bind_addr", function()
+      start_server()
+      local bport = free_port("udp")
+      local conf = H.write_file(T.dir .. "/client.toml",
+        ('role = "client"\n[iroh]\nbind_addr = "127.0.0.1:%d"\n'):format(bport))
+      local c, lport = forward("tcp://127.0.0.1:9", { args = { "-c", conf } })
+      assert(lport and c)
+      assert.matches(("session 1 from 127.0.0.1:%d "):format(bport), T.server.stderr, 1, true)
+      local bad = H.write_file(T.dir .. "/bad.toml", 'role = "client"\n[iroh]\n' ..
+        'bind_addr = "127.0.0.1:0"\nserver_addrs = ["[::1]:9"]\n')
+      local p = H.tunnel({ "client", "-c", bad, "-n", T.id, "--auth-token", T.token, "-s",
+        "tcp://127.0.0.1:9", "-t", "127.0.0.1:" .. free_port() }, { env = T.env })
+      assert.equal(1, p.code)
+      assert.equal("tunnel: bind: 127.0.0.1:0 is IPv4 but the server address [::1]:9 is IPv6\n",
+        p.stderr)
     end)
 
     it("gives up after [transport] connect_timeout when the server address is silent", function()

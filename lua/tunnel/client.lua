@@ -21,8 +21,12 @@ local OPTIONS = {
   target = "string", transport = "table", udp_idle_timeout = "number", on_ready = "function",
   on_closed = "function", on_rejected = "function", on_auth_failed = "function",
   deferred = "boolean", relay_urls = "table", socks5_proxy = "string", relay_cafile = "string",
-  relay_only = "boolean", stun_servers = "table", on_path = "function",
+  relay_only = "boolean", stun_servers = "table", on_path = "function", server_addrs = "table",
+  bind = "string",
 }
+
+-- At most this many addresses are tried, one after the other.
+local MAX_ADDRS = 8
 
 local CODE_TEXT = {
   [1] = "denied", [2] = "session limit", [3] = "bad request", [4] = "connect failed",
@@ -37,20 +41,39 @@ function Client:__tostring()
   return string.format("tunnel.client(%s)", self.server_id or "not connected")
 end
 
---- Resolve "host:port" to an IP (blocking getaddrinfo: used once, at start).
-local function resolve_hostport(s)
-  local hp, err = addr.parse_hostport(s)
-  if not hp then
-    return nil, err
+local function ip_port_text(ip, port)
+  return ip:find(":", 1, true) and ("[" .. ip .. "]:" .. port) or (ip .. ":" .. port)
+end
+
+--- Resolve "host:port" strings to the addresses to try, in order: { {ip=, port=, text=}, ... },
+-- every address of a name (blocking getaddrinfo: used once, at start), no duplicates.
+local function resolve_all(list)
+  local out, seen = {}, {}
+  for _, s in ipairs(list) do
+    local hp, err = addr.parse_hostport(s)
+    if not hp then
+      return nil, err
+    end
+    local ips = { hp.host }
+    if not hp.family then
+      local res, gerr = uv.getaddrinfo(hp.host, nil, { socktype = "dgram" })
+      if not res or not res[1] then
+        return nil, "cannot resolve " .. hp.host .. ": " .. tostring(gerr or "no address")
+      end
+      ips = {}
+      for _, r in ipairs(res) do
+        ips[#ips + 1] = r.addr
+      end
+    end
+    for _, ip in ipairs(ips) do
+      local text = ip_port_text(ip, hp.port)
+      if not seen[text] and #out < MAX_ADDRS then
+        seen[text] = true
+        out[#out + 1] = { ip = ip, port = hp.port, text = text }
+      end
+    end
   end
-  if hp.family then
-    return hp.host, hp.port
-  end
-  local res, gerr = uv.getaddrinfo(hp.host, nil, { socktype = "dgram" })
-  if not res or not res[1] then
-    return nil, "cannot resolve " .. hp.host .. ": " .. tostring(gerr or "no address")
-  end
-  return res[1].addr, hp.port
+  return out
 end
 
 local function call(fn, ...)
@@ -81,7 +104,18 @@ function M.new(opts)
   server_mod.check_ranges("tunnel.client", opts, 2)
   server_mod.check_transport("tunnel.client", opts.transport, 2)
   local server_key, err
-  local via_relay = opts.relay_urls and #opts.relay_urls > 0 and not opts.server_addr
+  local addr_list = {}
+  if opts.server_addr then
+    addr_list[1] = opts.server_addr
+  end
+  for i, a in ipairs(opts.server_addrs or {}) do
+    if type(a) ~= "string" then
+      error(string.format("tunnel.client: server_addrs[%d] must be a string, got %s", i,
+        type(a)), 2)
+    end
+    addr_list[#addr_list + 1] = a
+  end
+  local via_relay = opts.relay_urls and #opts.relay_urls > 0 and #addr_list == 0
     and not opts.deferred
   if via_relay then
     -- Dial by EndpointId through the relay (no direct address): the endpoint starts deferred
@@ -95,14 +129,14 @@ function M.new(opts)
     end
   elseif opts.deferred then
     -- The server's address and identity come later (ICE, signaling): see Client:connect.
-    if opts.server_id or opts.server_addr then
+    if opts.server_id or #addr_list > 0 then
       error("tunnel.client: a deferred client takes server_id and server_addr in connect()", 2)
     end
   else
     if not opts.server_id then
       error("tunnel.client: option 'server_id' (the server's EndpointId) is required", 2)
     end
-    if not opts.server_addr then
+    if #addr_list == 0 then
       error("tunnel.client: option 'server_addr' (host:port) is required", 2)
     end
     server_key, err = keys.parse_endpoint_id(opts.server_id)
@@ -174,11 +208,35 @@ function M.new(opts)
     end
     parsed[i] = { source = src.text, proto = src.proto, ip = ip, port = tgt.port }
   end
-  local sip, sport
+  local addrs, sip, sport
   if not opts.deferred and not via_relay then
-    sip, sport = resolve_hostport(opts.server_addr)
-    if not sip then
-      return nil, "server address: " .. sport
+    local aerr
+    addrs, aerr = resolve_all(addr_list)
+    if not addrs then
+      return nil, "server address: " .. aerr
+    end
+    sip, sport = addrs[1].ip, addrs[1].port
+  end
+  local bind, v4, v6
+  for _, a in ipairs(addrs or {}) do
+    if a.ip:find(":", 1, true) then v6 = a.text else v4 = a.text end
+  end
+  if opts.bind then
+    local berr
+    bind, berr = addr.parse_hostport(opts.bind, { allow_zero = true })
+    if not bind then
+      return nil, "bind: " .. berr
+    end
+    if not bind.family then
+      return nil, "bind: use an IP address (e.g. 0.0.0.0:0 or [::]:0), not a name"
+    end
+    if bind.family == 4 and v6 then
+      return nil, string.format("bind: %s is IPv4 but the server address %s is IPv6", opts.bind,
+        v6)
+    end
+    if bind.family == 6 and v4 and bind.host ~= "::" then
+      return nil, string.format("bind: %s is IPv6 but the server address %s is IPv4", opts.bind,
+        v4)
     end
   end
 
@@ -187,15 +245,16 @@ function M.new(opts)
     on_ready = opts.on_ready, on_closed = opts.on_closed, on_rejected = opts.on_rejected,
     on_path = opts.on_path,
     on_auth_failed = opts.on_auth_failed,
-    server_addr = sip and (sip:find(":", 1, true) and ("[" .. sip .. "]:" .. sport)
-      or (sip .. ":" .. sport)),
-    started = uv.hrtime(),
+    server_addr = sip and ip_port_text(sip, sport),
+    started = uv.hrtime(), addrs = addrs, addr_i = 1, key = server_key,
   }, Client)
   self.via_relay = via_relay
   local c, cerr = core.client({
     server_ip = sip, server_port = sport, server_key = sip and server_key, secret = secret,
     token = token, flow_idle_ms = (opts.udp_idle_timeout or 60) * 1000,
     quic = server_mod.quic_options(opts.transport),
+    bind_ip = bind and bind.host, bind_port = bind and bind.port,
+    dual_stack = (v4 and v6) and true or nil, spare_addrs = addrs and #addrs - 1 or 0,
     on_event = function(ev)
       self:_event(ev)
     end,
@@ -258,8 +317,17 @@ function Client:_event(ev)
     log.warn("%s refused by the server: %s", f and f.source or "?", ev.reason or "")
     call(self.on_rejected, self, f, ev.reason, CODE_TEXT[ev.code])
   elseif ev.type == "closed" then
-    self.closed_why = ev.why
     local text = describe_close(ev.why)
+    -- Not reached at this address (no answer, nothing listening): the next one, if any. The
+    -- core says whether the failure allows it (not after an identity mismatch, say).
+    local nxt = not self.ready and self.addrs and self.addrs[self.addr_i + 1]
+    if nxt and self.core:redial(nxt.ip, nxt.port, self.key) then
+      log.warn("cannot connect to %s: %s; trying %s", self.server_addr, text, nxt.text)
+      self.addr_i = self.addr_i + 1
+      self.server_addr = nxt.text
+      return
+    end
+    self.closed_why = ev.why
     if self.on_closed then
       call(self.on_closed, self, text, ev.why)
     elseif self.ready then
@@ -287,7 +355,7 @@ function Client:connect(ip, port, server_id)
     return nil, cerr
   end
   self.server_id = keys.format_endpoint_id(key)
-  self.server_addr = ip:find(":", 1, true) and ("[" .. ip .. "]:" .. port) or (ip .. ":" .. port)
+  self.server_addr = ip_port_text(ip, port)
   self.started = uv.hrtime()
   return true
 end

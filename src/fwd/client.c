@@ -52,6 +52,8 @@ struct tun_fwd_client {
     struct tun_qstream *auth;
     struct tun_msg_reader auth_rd;
     int ready, closed, closing;
+    unsigned spare; /* addresses the caller may still redial */
+    int may_redial; /* the last attempt failed in a way another address may not */
     struct fwd *fwds[MAX_FWDS];
     int nfwds;
     struct tcpconn *waiting, *waiting_tail;
@@ -183,7 +185,7 @@ static void on_tcp_connection(uv_stream_t *server, int status)
         return;
     }
     struct tcpconn *tc = calloc(1, sizeof(*tc));
-    if (!tc || cl->closed || (!cl->ready && cl->nwaiting >= MAX_WAITING)) {
+    if (!tc || (cl->closed && !cl->may_redial) || (!cl->ready && cl->nwaiting >= MAX_WAITING)) {
         free(tc);
         uv_close((uv_handle_t *)tcp, free_handle);
         return;
@@ -390,13 +392,25 @@ static void drop_waiting(struct tun_fwd_client *cl)
     cl->nwaiting = 0;
 }
 
+/* Whether a failed attempt says nothing about another address of the same server: no answer
+ * or nothing listening. An identity mismatch, a TLS failure or a close by the server does. */
+static int redialable(const struct tun_qclose_info *why)
+{
+    return why->local && !why->app &&
+           (why->err == TUN_ETIMEDOUT || why->err == UV_ECONNREFUSED ||
+            why->err == UV_ENETUNREACH || why->err == UV_EHOSTUNREACH);
+}
+
 static void conn_on_closed(struct tun_qconn *qc, const struct tun_qclose_info *why, void *ud)
 {
     (void)qc;
     struct tun_fwd_client *cl = ud;
     cl->closed = 1;
     cl->qc = NULL;
-    drop_waiting(cl);
+    cl->auth = NULL;
+    cl->may_redial = !cl->ready && !cl->closing && cl->spare > 0 && redialable(why);
+    if (!cl->may_redial)
+        drop_waiting(cl);
     if (cl->cbs.on_closed)
         cl->cbs.on_closed(cl, why, cl->ud);
 }
@@ -425,8 +439,12 @@ int tun_fwd_client_new(uv_loop_t *loop, const struct sockaddr *server, const uin
     struct sockaddr_storage any;
     memset(&any, 0, sizeof(any));
     int rc;
+    cl->spare = cl->cfg.spare_addrs;
     if (server) {
-        any.ss_family = server->sa_family;
+        if (cl->cfg.bind.ss_family)
+            memcpy(&any, &cl->cfg.bind, sizeof(any));
+        else
+            any.ss_family = cl->cfg.dual_stack ? AF_INET6 : server->sa_family;
         rc =
             tun_qep_new(loop, (struct sockaddr *)&any, secret, 0, &cl->cfg.quic, NULL, cl, &cl->ep);
         if (rc == 0)
@@ -458,6 +476,25 @@ int tun_fwd_client_connect(struct tun_fwd_client *cl, const struct sockaddr *ser
                            const uint8_t server_key[32])
 {
     return tun_fwd_client_connect_via(cl, NULL, server, server_key);
+}
+
+int tun_fwd_client_redial(struct tun_fwd_client *cl, const struct sockaddr *server,
+                          const uint8_t server_key[32])
+{
+    if (!cl->may_redial || cl->closing || cl->qc)
+        return TUN_EINVAL;
+    cl->may_redial = 0;
+    cl->spare--;
+    cl->closed = 0;
+    /* Whatever the last attempt left half-read of the server's answer is void. */
+    tun_msg_reader_free(&cl->auth_rd);
+    tun_msg_reader_init(&cl->auth_rd, 0);
+    int rc = tun_fwd_client_connect(cl, server, server_key);
+    if (rc != 0) {
+        cl->closed = 1;
+        drop_waiting(cl);
+    }
+    return rc;
 }
 
 int tun_fwd_client_connect_via(struct tun_fwd_client *cl, const struct sockaddr *local,

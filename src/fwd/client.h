@@ -27,6 +27,14 @@ struct tun_fwd_client_cbs {
 struct tun_fwd_client_config {
     struct tun_quic_config quic;
     uint64_t flow_idle_ms;
+    /* Local address of the UDP socket (ss_family 0: every address, a random port). */
+    struct sockaddr_storage bind;
+    /* A dual-stack socket even when the first server address is IPv4 (more addresses, of
+     * either family, may follow: tun_fwd_client_redial). */
+    int dual_stack;
+    /* How many more addresses the caller may dial with tun_fwd_client_redial after failed
+     * attempts. While some remain, a failed attempt keeps the local connections that wait. */
+    unsigned spare_addrs;
 };
 
 void tun_fwd_client_config_default(struct tun_fwd_client_config *cfg);
@@ -46,6 +54,13 @@ int tun_fwd_client_new(uv_loop_t *loop, const struct sockaddr *server, const uin
 /* Dial the server (once): 0, TUN_EINVAL (already dialled or closing) or a QUIC error. */
 int tun_fwd_client_connect(struct tun_fwd_client *c, const struct sockaddr *server,
                            const uint8_t server_key[32]);
+/* After an attempt that failed before the server accepted the token, for a reason another
+ * address may not share (no answer, port unreachable: not an identity mismatch, not a refusal
+ * by the server), and while spare addresses remain: dial `server` instead, with the same key,
+ * keeping the local connections that wait. Call it after on_closed, outside the callback.
+ * TUN_EINVAL when that is not the case. */
+int tun_fwd_client_redial(struct tun_fwd_client *c, const struct sockaddr *server,
+                          const uint8_t server_key[32]);
 /* The same from a path other than the socket's (`local`: a relay's synthetic address). */
 int tun_fwd_client_connect_via(struct tun_fwd_client *c, const struct sockaddr *local,
                                const struct sockaddr *server, const uint8_t server_key[32]);

@@ -753,7 +753,7 @@ static int l_obj_closed(lua_State *L)
 /* ---- client ---------------------------------------------------------------------------------- */
 
 /* client{ server_ip=, server_port=, server_key=, secret=, token=, flow_idle_ms=, quic={},
- *         on_event= } */
+ *         bind_ip=, bind_port=, dual_stack=, spare_addrs=, on_event= } */
 static int l_fwd_client(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -773,6 +773,13 @@ static int l_fwd_client(lua_State *L)
     const char *token = luaL_checkstring(L, -1);
     cfg.flow_idle_ms = get_u64(L, 1, "flow_idle_ms", cfg.flow_idle_ms);
     read_quic(L, 1, &cfg.quic);
+    lua_getfield(L, 1, "bind_ip");
+    const char *bind_ip = luaL_optstring(L, -1, NULL);
+    if (bind_ip)
+        parse_addr(L, bind_ip, (int)get_u64(L, 1, "bind_port", 0), &cfg.bind);
+    lua_getfield(L, 1, "dual_stack");
+    cfg.dual_stack = lua_toboolean(L, -1);
+    cfg.spare_addrs = (unsigned)get_u64(L, 1, "spare_addrs", 0);
     struct lobj *o = new_obj(L, 0, 1);
     struct tun_fwd_client_cbs cbs = {
         .on_ready = c_on_ready,
@@ -1014,8 +1021,9 @@ static int l_client_connect_key(lua_State *L)
     return push_done(L, rc, "cannot connect through the relay");
 }
 
-/* connect(ip, port, server_key) -> true | nil, err */
-static int l_client_connect(lua_State *L)
+/* connect() and redial(): (ip, port, server_key) -> true | nil, err, by `dial`. */
+static int client_dial(lua_State *L, int (*dial)(struct tun_fwd_client *, const struct sockaddr *,
+                                                 const uint8_t *))
 {
     struct lobj *o = *check_obj(L, 1, CLIENT_MT);
     const char *ip = luaL_checkstring(L, 2);
@@ -1026,8 +1034,21 @@ static int l_client_connect(lua_State *L)
         return luaL_argerror(L, 4, "server key must be 32 bytes");
     struct sockaddr_storage ss;
     parse_addr(L, ip, port, &ss);
-    int rc = tun_fwd_client_connect(o->cli, (struct sockaddr *)&ss, (const uint8_t *)key);
+    int rc = dial(o->cli, (struct sockaddr *)&ss, (const uint8_t *)key);
     return push_done(L, rc, "cannot connect to %s port %d", ip, port);
+}
+
+/* connect(ip, port, server_key): dial a deferred client's server (once). */
+static int l_client_connect(lua_State *L)
+{
+    return client_dial(L, tun_fwd_client_connect);
+}
+
+/* redial(ip, port, server_key): after a failed attempt, the next address
+ * (tun_fwd_client_redial says when that is allowed). */
+static int l_client_redial(lua_State *L)
+{
+    return client_dial(L, tun_fwd_client_redial);
 }
 
 /* rebind() -> true | nil, err: a deferred client that has not dialled moves to a fresh UDP
@@ -1133,6 +1154,7 @@ int luaopen_tunnel_core_fwd(lua_State *L)
         {"add", l_client_add},
         {"listen_addr", l_client_listen_addr},
         {"connect", l_client_connect},
+        {"redial", l_client_redial},
         {"rebind", l_client_rebind},
         {"endpoint_addr", l_client_endpoint_addr},
         {"stats", l_client_stats},

@@ -112,11 +112,21 @@ function M.run(args)
   if not s.auth_token and not s.auth_token_file then
     return fail("no token: give --auth-token or --auth-token-file")
   end
+  local function text(v)
+    return type(v) == "table" and v.text or v
+  end
+  -- The addresses after the first are tried in turn when one does not answer.
+  local more = {}
+  for i = 2, not s.relay_only and s.server_addrs and #s.server_addrs or 0 do
+    more[#more + 1] = text(s.server_addrs[i])
+  end
   local function start(relay_urls)
     local status
     local c, err = client.new({
       server_id = s.server_node_id,
-      server_addr = direct and (type(direct) == "table" and direct.text or direct) or nil,
+      server_addr = direct and text(direct) or nil,
+      server_addrs = direct and #more > 0 and more or nil,
+      bind = s.bind_addr and text(s.bind_addr) or nil,
       relay_urls = relay_urls,
       relay_only = s.relay_only or nil,
       socks5_proxy = type(s.socks5_proxy) == "table" and s.socks5_proxy.text or s.socks5_proxy,
