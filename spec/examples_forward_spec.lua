@@ -144,6 +144,74 @@ io.stdout:flush()
   end)
 end)
 
+describe("tunnel.server's on_auth hook", function()
+  it("allows, denies with a reason, and denies (logged) on an error or a bad answer", function()
+    local dir = H.tmpdir()
+    local env = { XDG_RUNTIME_DIR = dir }
+    assert.equal(0, H.tunnel({ "generate-server-key", "--output", dir .. "/k" }).code)
+    local id = H.tunnel({ "show-server-id", "--secret-file", dir .. "/k" }).stdout:gsub("%s+$", "")
+    local tok = {}
+    for i = 1, 5 do
+      tok[i] = H.tunnel({ "generate-token" }).stdout:gsub("%s+$", "")
+    end
+    -- tok[1] is configured; the hook admits tok[2] too, refuses tok[3] with a reason, fails on
+    -- tok[4] and answers nonsense for tok[5].
+    local script = dir .. "/server.lua"
+    local f = assert(io.open(script, "w"))
+    f:write(([[
+local tunnel = require "tunnel"
+local T = { %q, %q, %q, %q, %q }
+local srv = assert(tunnel.server { listen = "127.0.0.1:0", secret_file = %q, tokens = { T[1] },
+  allowed_tcp = { "127.0.0.0/8" },
+  on_auth = function(info)
+    if info.token == T[2] then return true end
+    if info.token == T[3] then return nil, "you are not on the list" end
+    if info.token == T[4] then error({ code = 1 }) end
+    if info.token == T[5] then return "yes" end
+    assert(info.token_valid and #info.client_id == 52)
+    return true
+  end })
+io.stdout:write("Listening: ", srv:address(), "\n")
+io.stdout:flush()
+]]):format(tok[1], tok[2], tok[3], tok[4], tok[5], dir .. "/k"))
+    f:close()
+    local srv = H.start({ script }, { env = env })
+    assert.is_true(srv:wait_output("Listening: 127%.0%.0%.1:%d+", 10, "stdout"), srv.stderr)
+    local sport = srv.stdout:match("Listening: 127%.0%.0%.1:(%d+)")
+    local function client(t, o)
+      local args = { "client", "-n", id, "--server-addr", "127.0.0.1:" .. sport, "--auth-token",
+        t, "-s", "tcp://127.0.0.1:9", "-t", "127.0.0.1:" .. free_port() }
+      if o then
+        return H.start(args, { env = env })
+      end
+      return H.tunnel(args, { env = env, timeout = 30 })
+    end
+    for i = 1, 2 do
+      local c = client(tok[i], true)
+      assert.is_true(c:wait_output("forwarding tcp", 10), c.stderr)
+      c:kill("sigkill")
+      c:wait(5)
+    end
+    local r = client(tok[3])
+    assert.equal(1, r.code)
+    assert.equal("tunnel: authentication failed: you are not on the list\n", r.stderr)
+    r = client(tok[4])
+    assert.equal(1, r.code)
+    assert.equal("tunnel: authentication failed: denied by server policy (hook error)\n", r.stderr)
+    assert.is_true(srv:wait_output("on_auth hook failed %(denying%): error object %(table%): " ..
+      "table: 0x%x+\n", 10), srv.stderr)
+    assert.is_true(srv:wait_output("\n[^\n]* ERROR auth:   stack traceback:\n", 10), srv.stderr)
+    r = client(tok[5])
+    assert.equal(1, r.code)
+    assert.equal("tunnel: authentication failed: denied by server policy\n", r.stderr)
+    assert.is_true(srv:wait_output("on_auth returned string %(expected true, or nil and a " ..
+      "reason%): denying", 10), srv.stderr)
+    srv:kill("sigterm")
+    srv:wait(10)
+    H.cleanup()
+  end)
+end)
+
 describe("tunnel.client without on_closed", function()
   it("logs why it could not connect", function()
     local dir = H.tmpdir()

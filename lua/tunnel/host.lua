@@ -50,6 +50,12 @@ function M.pcall(fn, ...)
     if core.is_exit(e) then
       return e
     end
+    if type(e) ~= "string" then
+      -- error(table) and the like: name it (its __tostring, if any) so that the log says more
+      -- than an address, and keep the traceback.
+      local ok, text = pcall(tostring, e)
+      e = "error object (" .. type(e) .. "): " .. (ok and text or "?")
+    end
     return debug.traceback(e, 2)
   end, ...) }
   if not r[1] and core.is_exit(r[2]) then
@@ -66,7 +72,21 @@ function M.hook(logger, what, fn, ...)
   end
   local ok, err = M.pcall(fn, ...)
   if not ok then
-    logger.error("%s hook failed: %s", what, tostring(err))
+    M.log_error(logger, what .. " hook failed: ", err)
+  end
+end
+
+--- Log `text` (an error with its traceback) through `logger` at error level, one record per
+-- line: the log escapes line breaks, so a traceback in one record would read as one long line.
+function M.log_error(logger, prefix, text)
+  local n = 0
+  for line in (tostring(text) .. "\n"):gmatch("(.-)\n") do
+    n = n + 1
+    if n == 1 then
+      logger.error("%s%s", prefix, line)
+    elseif line ~= "" then
+      logger.error("  %s", (line:gsub("^\t+", "")))
+    end
   end
 end
 

@@ -14,6 +14,7 @@ local policy = require "tunnel.policy"
 local log = require("tunnel.log").group("auth")
 local flog = require("tunnel.log").group("fwd")
 local dlog = require("tunnel.log").group("discovery")
+local slog = require("tunnel.log").group("server")
 local uv = require "luv"
 local host = require "tunnel.host"
 
@@ -183,10 +184,11 @@ local function rate_limiter()
 end
 
 -- Call a user hook; an error or a nonsense answer denies (fails closed) and is logged.
+--- Run a deciding hook (on_auth, on_request): an error in it denies.
 local function call_hook(name, fn, arg)
   local ok, a, b = host.pcall(fn, arg)
   if not ok then
-    log.error("%s hook failed (denying): %s", name, tostring(a))
+    host.log_error(log, name .. " hook failed (denying): ", a)
     return false, "denied by server policy (hook error)"
   end
   return a, b
@@ -232,6 +234,7 @@ local function auth_event(self, ev)
     else
       log.error("on_auth returned %s (expected true, or nil and a reason): denying", type(a))
       ok = false
+      reason = "denied by server policy"
     end
   end
   if ok then
@@ -547,7 +550,7 @@ local function on_event(self, ev)
     local s = self.core:session(ev.session)
     flog.debug("session %d: handshake done with %s", ev.session, s and s.remote or "?")
     if self.on_session then
-      call_hook("on_session", self.on_session, s or { id = ev.session })
+      host.hook(slog, "on_session", self.on_session, s or { id = ev.session })
     end
   elseif t == "refused" then
     flog.info("session %d: %s://%s:%d refused: %s", ev.session, ev.proto, ev.host, ev.port,
@@ -556,7 +559,7 @@ local function on_event(self, ev)
     flog.debug("session %d: %s to %s closed (%d bytes up, %d down%s)", ev.session, ev.proto,
       ev.target, ev.up, ev.down, ev.reset and ", reset" or "")
     if self.on_connection_closed then
-      call_hook("on_connection_closed", self.on_connection_closed, ev)
+      host.hook(slog, "on_connection_closed", self.on_connection_closed, ev)
     end
   elseif t == "session_closed" then
     local w = ev.why
@@ -564,7 +567,7 @@ local function on_event(self, ev)
       w.local_close and "by the server" or "by the client",
       w.reason ~= "" and (": " .. w.reason) or "")
     if self.on_session_closed then
-      call_hook("on_session_closed", self.on_session_closed, ev)
+      host.hook(slog, "on_session_closed", self.on_session_closed, ev)
     end
   end
 end

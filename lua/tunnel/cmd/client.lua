@@ -148,8 +148,10 @@ function M.run(args)
         end
       end,
       on_auth_failed = function(_, reason)
+        -- The token hint only where the token is the trouble (not a policy's refusal).
         status = "authentication failed: " .. tostring(reason) ..
-          " (check --auth-token; the server operator can list valid tokens)"
+          (tostring(reason):find("invalid authentication token", 1, true) and
+            " (check --auth-token; the server operator can list valid tokens)" or "")
       end,
       on_closed = function(cl, why, info)
         if not status and info and info.app and info.code == 1 and not info.local_close then
