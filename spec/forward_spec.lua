@@ -435,7 +435,8 @@ describe("tunnel port forwarding", function()
       local port = silent:getsockname().port
       local conf = H.write_file(T.dir .. "/client.toml",
         'role = "client"\n[iroh.transport]\nconnect_timeout = 2\n')
-      local c = H.start({ "client", "-c", conf, "--server-node-id", new_key(T.dir .. "/k.key"),
+      local id = new_key(T.dir .. "/k.key")
+      local c = H.start({ "client", "-c", conf, "--server-node-id", id,
         "--server-addr", "127.0.0.1:" .. port, "--auth-token", new_token(),
         "--source", "tcp://127.0.0.1:9", "--target", "127.0.0.1:" .. free_port() },
         { env = T.env })
@@ -444,6 +445,9 @@ describe("tunnel port forwarding", function()
       silent:close()
       assert.is_nil(c.timed_out, "the client kept running:" .. logs())
       assert.equal(1, c.code, logs())
+      -- Said at once, so that the wait is not silent.
+      assert.matches(("INFO  client: connecting to %s at 127.0.0.1:%d\n"):format(id, port),
+        c.stderr, 1, true)
       assert.matches(("tunnel: cannot connect to 127.0.0.1:%d: handshake timed out after 2 s: " ..
         "no answer from the peer"):format(port), c.stderr, 1, true)
     end)

@@ -157,6 +157,23 @@ describe("tunnel command line", function()
     assert.equal(2, H.tunnel({ "generate-token", "--count", "0" }).code)
   end)
 
+  it("takes a word that is neither a command nor a file for a mistyped command", function()
+    local p = H.tunnel({ "serve" })
+    assert.equal(2, p.code)
+    assert.matches("^tunnel: 'serve' is not a command — did you mean 'server'%? %(and no script " ..
+      "file of that name%)\nCommands: attach, client, ", p.stderr)
+    p = H.tunnel({ "generate-tokens" })
+    assert.equal(2, p.code)
+    assert.matches("did you mean 'generate-token'?", p.stderr, 1, true)
+    p = H.tunnel({ "zzzz" })
+    assert.equal(2, p.code)
+    assert.matches("^tunnel: 'zzzz' is not a command %(and no script", p.stderr)
+    -- A path is a script, even a missing one.
+    p = H.tunnel({ "nosuch.lua" })
+    assert.equal(1, p.code)
+    assert.matches("cannot run script: cannot open nosuch.lua", p.stderr, 1, true)
+  end)
+
   it("shows help with examples for commands", function()
     local p = H.tunnel({ "--help" })
     assert.equal(0, p.code)

@@ -239,6 +239,27 @@ local function run_chunk(fn, ...)
   return fn(...)
 end
 
+--- `tunnel WORD` where WORD is neither a command nor a file: most likely a mistyped command.
+local function unknown_command(word)
+  local names, by_norm = {}, {}
+  for name in pairs(COMMANDS) do
+    names[#names + 1] = name
+  end
+  names[#names + 1] = "version"
+  names[#names + 1] = "help"
+  table.sort(names)
+  local norms = {}
+  for i, name in ipairs(names) do
+    norms[i] = name:gsub("-", "_")
+    by_norm[norms[i]] = name
+  end
+  local guess = require("tunnel.config").suggest(word, norms)
+  io.stderr:write("tunnel: '", word, "' is not a command", guess and
+    (" — did you mean '" .. by_norm[guess] .. "'?") or "", " (and no script file of that name)",
+    "\nCommands: ", table.concat(names, ", "), ". Run 'tunnel --help' for usage.\n")
+  return M.EXIT_USAGE
+end
+
 local function run_script(path, script_args, exe)
   local fn, err
   if path == "-" then
@@ -344,6 +365,9 @@ function M.main(argv)
       return M.EXIT_FAILURE
     end
     run_chunk(fn)
+  end
+  if script and not script:find("[/.]") and not uv.fs_stat(script) then
+    return unknown_command(script)
   end
   if script and not run_script(script, script_args, exe) then
     return M.EXIT_FAILURE

@@ -172,6 +172,10 @@ function M.run(args)
     if not c then
       return nil, err
     end
+    if not c.via_relay then
+      -- A handshake may take up to connect_timeout: say what is going on meanwhile.
+      log.info("connecting to %s at %s", c.server_id, c.server_addr)
+    end
     local ok, repl = pcall(require, "tunnel.repl")
     if ok then
       repl.add_stats("client", function()
