@@ -804,6 +804,26 @@ describe("tunnel.server and tunnel.client option tables", function()
       "reno, got 'vegas'", err, 1, true)
   end)
 
+  it("reject forwards entries that are not { source =, target = } tables", function()
+    local token = new_token()
+    local function cli(fw)
+      local c = client.new({ server_id = id, server_addr = "127.0.0.1:9", token = token,
+        forwards = fw })
+      return c
+    end
+    local ok, err = pcall(cli, { "tcp://127.0.0.1:22" })
+    assert.is_false(ok)
+    assert.matches("forward_spec.lua:%d+: tunnel.client: forwards%[1%] expects an option table",
+      err)
+    ok, err = pcall(cli, { { source = "tcp://127.0.0.1:22", target = "127.0.0.1:1", bogus = 1 } })
+    assert.is_false(ok)
+    assert.matches("tunnel.client: forwards[1]: unknown option 'bogus' (known: proto, source, " ..
+      "target)", err, 1, true)
+    ok, err = pcall(cli, { { source = "tcp://127.0.0.1:22" } })
+    assert.is_false(ok)
+    assert.matches("tunnel.client: forwards[1] needs source and target", err, 1, true)
+  end)
+
   it("reject numbers out of range and allow-list entries with host bits set", function()
     local function srv(o)
       o.listen, o.tokens = "127.0.0.1:0", { "x" }

@@ -176,7 +176,15 @@ function M.new(opts)
     return nil, err
   end
   local forwards = {}
-  for _, f in ipairs(opts.forwards or {}) do
+  for i, f in ipairs(opts.forwards or {}) do
+    local what = string.format("tunnel.client: forwards[%d]", i)
+    -- (proto: as tunnel.config.forwards() lists them; it follows from source.)
+    server_mod.check_options(what, f, { source = "string", target = "string", proto = "string" },
+      2)
+    if not (f.source and f.target) then
+      error(what .. " needs source and target, e.g. { source = \"tcp://127.0.0.1:22\", " ..
+        "target = \"127.0.0.1:2222\" }", 2)
+    end
     forwards[#forwards + 1] = f
   end
   if opts.source or opts.target then
