@@ -113,6 +113,16 @@ describe("tunnel.addr", function()
       assert.is_nil((addr.parse_cidr("10.0.0.64/25")))
     end)
 
+    it("says that allow-lists take no port", function()
+      local r, err = addr.parse_cidr("127.0.0.1:22")
+      assert.is_nil(r)
+      assert.are.equal("'127.0.0.1:22' is not a CIDR: allow-lists take networks such as " ..
+        "'127.0.0.1/32', without a port", err)
+      r, err = addr.parse_cidr("[::1]:22")
+      assert.is_nil(r)
+      assert.matches("such as '::1/128', without a port", err, 1, true)
+    end)
+
     it("clears host bits with opts.mask", function()
       assert.are.equal("10.0.0.0/24", addr.parse_cidr("10.0.0.5/24", { mask = true }).text)
       assert.are.equal("10.0.0.0/25", addr.parse_cidr("10.0.0.64/25", { mask = true }).text)

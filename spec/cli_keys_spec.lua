@@ -83,6 +83,17 @@ describe("tunnel key commands", function()
       p = H.tunnel({ "show-server-id", "-s", bad })
       assert.equal(1, p.code)
       assert.equal("tunnel: secret file " .. bad .. " holds 5 bytes, expected 32\n", p.stderr)
+
+      -- The public id where the secret belongs (show-server-id's output saved by mistake).
+      local key = dir .. "/real.key"
+      assert.equal(0, H.tunnel({ "generate-server-key", "-o", key }).code)
+      local id = H.tunnel({ "show-server-id", "-s", key }).stdout
+      local idf = H.write_file(dir .. "/id.key", id, tonumber("600", 8))
+      p = H.tunnel({ "show-server-id", "-s", idf })
+      assert.equal(1, p.code)
+      assert.equal("tunnel: secret file " .. idf .. " holds an EndpointId (a public id), not a " ..
+        "secret key: give the file written by `tunnel generate-server-key --output FILE`\n",
+        p.stderr)
     end)
 
     it("warns about a secret file other users can read, and still works", function()

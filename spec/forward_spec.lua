@@ -361,6 +361,22 @@ describe("tunnel port forwarding", function()
         assert.matches("too many failed attempts, refusing", T.server.stderr, 1, true)
       end)
 
+    it("tells a tokens file given as a token, and an empty tokens file", function()
+      local key = T.dir .. "/s.key"
+      new_key(key)
+      local f = H.write_file(T.dir .. "/tokens", "", tonumber("600", 8))
+      local p = H.tunnel({ "server", "--secret-file", key, "--auth-tokens", f, "--allowed-tcp",
+        "127.0.0.1/32", "--listen", "127.0.0.1:0" }, { env = T.env })
+      assert.equal(1, p.code)
+      assert.equal(("tunnel: --auth-tokens takes tokens, and '%s' is a file: give " ..
+        "--auth-tokens-file %s\n"):format(f, f), p.stderr)
+      p = H.tunnel({ "server", "--secret-file", key, "--auth-tokens-file", f, "--allowed-tcp",
+        "127.0.0.1/32", "--listen", "127.0.0.1:0" }, { env = T.env })
+      assert.equal(1, p.code)
+      assert.equal(("tunnel: the tokens file %s holds no token: add one with `tunnel " ..
+        "generate-token >> %s`\n"):format(f, f), p.stderr)
+    end)
+
     it("says so at once when nothing listens at the server address", function()
       start_server()
       local port = free_port("udp")

@@ -216,6 +216,12 @@ function M.parse_cidr(s, opts)
   check_opts("addr.parse_cidr", opts, { mask = true })
   local a, p = match(s, "^([^/]*)/(.*)$")
   if not a then a = s end
+  local hp = not p and (match(s, "^%d+%.%d+%.%d+%.%d+:%d+$") or match(s, "^%[.*%]:%d+$"))
+  if hp then
+    return nil, q(s) .. " is not a CIDR: allow-lists take networks such as '" ..
+      (match(s, "^%[(.*)%]") or match(s, "^[^:]*")) .. "/" .. (find(s, "^%[") and 128 or 32) ..
+      "', without a port"
+  end
   if a == "" then return nil, q(s) .. " is not a CIDR: the address is missing" end
   local ip, err = M.parse_ip(a)
   if not ip then return nil, q(s) .. " is not a CIDR: " .. err end

@@ -275,6 +275,10 @@ local function decode_secret(text, label)
     return nil, label .. " is empty"
   end
   local bytes
+  if #t == 52 and t:match("^[a-z2-7]+$") then
+    return nil, label .. " holds an EndpointId (a public id), not a secret key: give the file " ..
+      "written by `tunnel generate-server-key --output FILE`"
+  end
   if #t == 64 and t:match("^%x+$") then
     bytes = core.hex_decode(t)
   else

@@ -620,6 +620,10 @@ function M.new(opts)
     return nil, terr
   end
   if #tokens == 0 and not opts.on_auth then
+    if opts.tokens_file and not opts.tokens then
+      return nil, string.format("the tokens file %s holds no token: add one with " ..
+        "`tunnel generate-token >> %s`", opts.tokens_file, opts.tokens_file)
+    end
     return nil, "no authentication tokens: give at least one (tunnel generate-token) or an " ..
       "on_auth hook"
   end

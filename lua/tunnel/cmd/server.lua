@@ -38,6 +38,13 @@ end
 
 --- Build the validated iroh section from the config file and the command line.
 function M.settings(args)
+  -- A file name given where tokens go: say which option takes files.
+  for _, t in ipairs(args.auth_tokens or {}) do
+    if not require("tunnel.keys").validate_token(t) and uv.fs_stat(t) then
+      return nil, string.format("--auth-tokens takes tokens, and '%s' is a file: give " ..
+        "--auth-tokens-file %s", t, t)
+    end
+  end
   return common.settings(args, "server", "iroh", {
     bind_addr = args.listen,
     secret = args.secret,
