@@ -48,6 +48,24 @@ local function roundtrip(port, msg)
   return got
 end
 
+-- Processes the tests below start; each test's leftovers (a failed assertion skips its own
+-- cleanup) are killed after it.
+local started = {}
+local function start(args, opts)
+  local p = H.start(args, opts)
+  started[#started + 1] = p
+  return p
+end
+local function kill_started()
+  for _, p in ipairs(started) do
+    if not p.done then
+      p:kill("sigkill")
+      p:wait(5)
+    end
+  end
+  started = {}
+end
+
 describe("examples/server.lua and examples/client.lua", function()
   local dir, procs
   before_each(function()
@@ -98,6 +116,7 @@ describe("examples/server.lua and examples/client.lua", function()
 end)
 
 describe("tunnel.server's on_request hook", function()
+  after_each(kill_started)
   it("denies a rewrite it cannot use, answers at once and frees the session slot", function()
     local dir = H.tmpdir()
     local env = { XDG_RUNTIME_DIR = dir }
@@ -121,11 +140,11 @@ io.stdout:write("Listening: ", srv:address(), "\n")
 io.stdout:flush()
 ]]):format(dir .. "/k", token))
     f:close()
-    local srv = H.start({ script }, { env = env })
+    local srv = start({ script }, { env = env })
     assert.is_true(srv:wait_output("Listening: 127%.0%.0%.1:%d+", 10, "stdout"), srv.stderr)
     local sport = srv.stdout:match("Listening: 127%.0%.0%.1:(%d+)")
     local p1, p2, p3 = free_port(), free_port(), free_port()
-    local cli = H.start({ "examples/client.lua", id, "127.0.0.1:" .. sport, token,
+    local cli = start({ "examples/client.lua", id, "127.0.0.1:" .. sport, token,
       "tcp://127.0.0.1:7", "127.0.0.1:" .. p1, "tcp://127.0.0.1:9", "127.0.0.1:" .. p2,
       "tcp://127.0.0.1:" .. echo_port, "127.0.0.1:" .. p3 }, { env = env })
     assert.is_true(cli:wait_output("READY", 10, "stdout"), cli.stderr)
@@ -150,6 +169,7 @@ io.stdout:flush()
 end)
 
 describe("tunnel.server's on_auth hook", function()
+  after_each(kill_started)
   it("allows, denies with a reason, and denies (logged) on an error or a bad answer", function()
     local dir = H.tmpdir()
     local env = { XDG_RUNTIME_DIR = dir }
@@ -180,14 +200,14 @@ io.stdout:write("Listening: ", srv:address(), "\n")
 io.stdout:flush()
 ]]):format(tok[1], tok[2], tok[3], tok[4], tok[5], dir .. "/k"))
     f:close()
-    local srv = H.start({ script }, { env = env })
+    local srv = start({ script }, { env = env })
     assert.is_true(srv:wait_output("Listening: 127%.0%.0%.1:%d+", 10, "stdout"), srv.stderr)
     local sport = srv.stdout:match("Listening: 127%.0%.0%.1:(%d+)")
     local function client(t, o)
       local args = { "client", "-n", id, "--server-addr", "127.0.0.1:" .. sport, "--auth-token",
         t, "-s", "tcp://127.0.0.1:9", "-t", "127.0.0.1:" .. free_port() }
       if o then
-        return H.start(args, { env = env })
+        return start(args, { env = env })
       end
       return H.tunnel(args, { env = env, timeout = 30 })
     end
@@ -219,6 +239,7 @@ io.stdout:flush()
 end)
 
 describe("tunnel.client without on_closed", function()
+  after_each(kill_started)
   it("logs why it could not connect", function()
     local dir = H.tmpdir()
     assert.equal(0, H.tunnel({ "generate-server-key", "--output", dir .. "/k" }).code)
@@ -236,7 +257,7 @@ assert(tunnel.client { server_id = %q, server_addr = "127.0.0.1:%d", token = %q,
   source = "tcp://127.0.0.1:9", target = "127.0.0.1:0" })
 ]]):format(id, port, token))
     f:close()
-    local c = H.start({ script }, { env = { XDG_RUNTIME_DIR = dir } })
+    local c = start({ script }, { env = { XDG_RUNTIME_DIR = dir } })
     assert.is_true(c:wait_output(("cannot connect to 127%%.0%%.0%%.1:%d: nothing is listening"):
       format(port), 20), c.stderr)
     c:kill("sigkill")
