@@ -121,6 +121,10 @@ describe("tunnel.addr", function()
       r, err = addr.parse_cidr("[::1]:22")
       assert.is_nil(r)
       assert.matches("such as '::1/128', without a port", err, 1, true)
+      r, err = addr.parse_cidr("10.0.0.0/8,192.168.0.0/16")
+      assert.is_nil(r)
+      assert.matches("is not a CIDR: one network per entry (on the command line, repeat the " ..
+        "option", err, 1, true)
     end)
 
     it("clears host bits with opts.mask", function()

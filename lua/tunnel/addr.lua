@@ -216,6 +216,10 @@ function M.parse_cidr(s, opts)
   check_opts("addr.parse_cidr", opts, { mask = true })
   local a, p = match(s, "^([^/]*)/(.*)$")
   if not a then a = s end
+  if find(s, ",", 1, true) then
+    return nil, q(s) .. " is not a CIDR: one network per entry (on the command line, repeat the " ..
+      "option: --allowed-tcp A --allowed-tcp B)"
+  end
   local hp = not p and (match(s, "^%d+%.%d+%.%d+%.%d+:%d+$") or match(s, "^%[.*%]:%d+$"))
   if hp then
     return nil, q(s) .. " is not a CIDR: allow-lists take networks such as '" ..
