@@ -24,6 +24,17 @@ local function echo_service()
   return srv, srv:getsockname().port
 end
 
+local function new_token()
+  return (H.tunnel({ "generate-token" }).stdout:gsub("%s+$", ""))
+end
+
+--- A server key in dir/k: its EndpointId, and a fresh token.
+local function identity(dir)
+  assert.equal(0, H.tunnel({ "generate-server-key", "--output", dir .. "/k" }).code)
+  local id = H.tunnel({ "show-server-id", "--secret-file", dir .. "/k" }).stdout:gsub("%s+$", "")
+  return id, new_token()
+end
+
 -- The last line of `s`, without its line break.
 local function last_line(s)
   return s:match("([^\n]*)\n$")
@@ -82,9 +93,7 @@ describe("examples/server.lua and examples/client.lua", function()
 
   it("forward through the example server, refuse port 25, and end when the server stops", function()
     local env = { XDG_RUNTIME_DIR = dir }
-    assert.equal(0, H.tunnel({ "generate-server-key", "--output", dir .. "/k" }).code)
-    local token = H.tunnel({ "generate-token" }).stdout:gsub("%s+$", "")
-    local id = H.tunnel({ "show-server-id", "--secret-file", dir .. "/k" }).stdout:gsub("%s+$", "")
+    local id, token = identity(dir)
     local echo, echo_port = echo_service()
     local srv = H.start({ "examples/server.lua", dir .. "/k", token, "127.0.0.1:0" }, { env = env })
     procs[#procs + 1] = srv
@@ -120,9 +129,7 @@ describe("tunnel.server's on_request hook", function()
   it("denies a rewrite it cannot use, answers at once and frees the session slot", function()
     local dir = H.tmpdir()
     local env = { XDG_RUNTIME_DIR = dir }
-    assert.equal(0, H.tunnel({ "generate-server-key", "--output", dir .. "/k" }).code)
-    local token = H.tunnel({ "generate-token" }).stdout:gsub("%s+$", "")
-    local id = H.tunnel({ "show-server-id", "--secret-file", dir .. "/k" }).stdout:gsub("%s+$", "")
+    local id, token = identity(dir)
     local echo, echo_port = echo_service()
     -- One session at a time; port 7 is rewritten to a port that cannot exist.
     local script = dir .. "/server.lua"
@@ -173,11 +180,10 @@ describe("tunnel.server's on_auth hook", function()
   it("allows, denies with a reason, and denies (logged) on an error or a bad answer", function()
     local dir = H.tmpdir()
     local env = { XDG_RUNTIME_DIR = dir }
-    assert.equal(0, H.tunnel({ "generate-server-key", "--output", dir .. "/k" }).code)
-    local id = H.tunnel({ "show-server-id", "--secret-file", dir .. "/k" }).stdout:gsub("%s+$", "")
+    local id = identity(dir)
     local tok = {}
     for i = 1, 5 do
-      tok[i] = H.tunnel({ "generate-token" }).stdout:gsub("%s+$", "")
+      tok[i] = new_token()
     end
     -- tok[1] is configured; the hook admits tok[2] too, refuses tok[3] with a reason, fails on
     -- tok[4] and answers nonsense for tok[5].
@@ -242,9 +248,7 @@ describe("tunnel.client without on_closed", function()
   after_each(kill_started)
   it("logs why it could not connect", function()
     local dir = H.tmpdir()
-    assert.equal(0, H.tunnel({ "generate-server-key", "--output", dir .. "/k" }).code)
-    local id = H.tunnel({ "show-server-id", "--secret-file", dir .. "/k" }).stdout:gsub("%s+$", "")
-    local token = H.tunnel({ "generate-token" }).stdout:gsub("%s+$", "")
+    local id, token = identity(dir)
     local dead = uv.new_udp()
     assert(dead:bind("127.0.0.1", 0))
     local port = dead:getsockname().port

@@ -220,11 +220,10 @@ function M.parse_cidr(s, opts)
     return nil, q(s) .. " is not a CIDR: one network per entry (on the command line, repeat the " ..
       "option: --allowed-tcp A --allowed-tcp B)"
   end
-  local hp = not p and (match(s, "^%d+%.%d+%.%d+%.%d+:%d+$") or match(s, "^%[.*%]:%d+$"))
-  if hp then
-    return nil, q(s) .. " is not a CIDR: allow-lists take networks such as '" ..
-      (match(s, "^%[(.*)%]") or match(s, "^[^:]*")) .. "/" .. (find(s, "^%[") and 128 or 32) ..
-      "', without a port"
+  local hp = not p and find(s, "%]?:%d+$") and M.parse_hostport(s)
+  if hp and hp.family then
+    return nil, format("%s is not a CIDR: allow-lists take networks such as '%s/%d', without a " ..
+      "port", q(s), hp.host, hp.family == 4 and 32 or 128)
   end
   if a == "" then return nil, q(s) .. " is not a CIDR: the address is missing" end
   local ip, err = M.parse_ip(a)
@@ -370,6 +369,11 @@ end
 local function join_hostport(host, family, port)
   if family == 6 then return "[" .. host .. "]:" .. port end
   return host .. ":" .. port
+end
+
+--- "host:port" for a host and a port, with brackets around an IPv6 address.
+function M.hostport_text(host, port)
+  return join_hostport(host, find(host, ":", 1, true) and 6 or 4, port)
 end
 
 

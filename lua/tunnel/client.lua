@@ -41,10 +41,6 @@ function Client:__tostring()
   return string.format("tunnel.client(%s)", self.server_id or "not connected")
 end
 
-local function ip_port_text(ip, port)
-  return ip:find(":", 1, true) and ("[" .. ip .. "]:" .. port) or (ip .. ":" .. port)
-end
-
 --- Resolve "host:port" strings to the addresses to try, in order: { {ip=, port=, text=}, ... },
 -- every address of a name (blocking getaddrinfo: used once, at start), no duplicates.
 local function resolve_all(list)
@@ -66,7 +62,7 @@ local function resolve_all(list)
       end
     end
     for _, ip in ipairs(ips) do
-      local text = ip_port_text(ip, hp.port)
+      local text = addr.hostport_text(ip, hp.port)
       if not seen[text] and #out < MAX_ADDRS then
         seen[text] = true
         out[#out + 1] = { ip = ip, port = hp.port, text = text }
@@ -253,7 +249,7 @@ function M.new(opts)
     on_ready = opts.on_ready, on_closed = opts.on_closed, on_rejected = opts.on_rejected,
     on_path = opts.on_path,
     on_auth_failed = opts.on_auth_failed,
-    server_addr = sip and ip_port_text(sip, sport),
+    server_addr = sip and addr.hostport_text(sip, sport),
     started = uv.hrtime(), addrs = addrs, addr_i = 1, key = server_key,
   }, Client)
   self.via_relay = via_relay
@@ -363,7 +359,7 @@ function Client:connect(ip, port, server_id)
     return nil, cerr
   end
   self.server_id = keys.format_endpoint_id(key)
-  self.server_addr = ip_port_text(ip, port)
+  self.server_addr = addr.hostport_text(ip, port)
   self.started = uv.hrtime()
   return true
 end

@@ -79,8 +79,7 @@ function M.resolve_stun(list)
     end
     for _, ip in ipairs(ips) do
       if #out < M.MAX_STUN then
-        out[#out + 1] = ip:find(":", 1, true) and ("[" .. ip .. "]:" .. hp.port)
-          or (ip .. ":" .. hp.port)
+        out[#out + 1] = addr.hostport_text(ip, hp.port)
       end
     end
   end

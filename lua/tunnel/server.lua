@@ -183,8 +183,8 @@ local function rate_limiter()
   return r
 end
 
--- Call a user hook; an error or a nonsense answer denies (fails closed) and is logged.
---- Run a deciding hook (on_auth, on_request): an error in it denies.
+--- Run a deciding hook (on_auth, on_request): an error in it denies (fails closed) and is
+-- logged; the caller denies a nonsense answer.
 local function call_hook(name, fn, arg)
   local ok, a, b = host.pcall(fn, arg)
   if not ok then
@@ -267,8 +267,7 @@ end
 
 local function request_event(self, ev)
   local core_srv = self.core
-  local hostport = ev.host:find(":", 1, true) and ("[" .. ev.host .. "]:" .. ev.port)
-    or (ev.host .. ":" .. ev.port)
+  local hostport = addr.hostport_text(ev.host, ev.port)
   local src = ev.proto .. "://" .. hostport
   local function reject(code, reason)
     flog.info("session %d: %s refused: %s", ev.session, src, reason)
@@ -317,8 +316,7 @@ end
 -- cb(list) with list = { {ip, port}, ..., ips = {...} } in connection order, or
 -- cb(nil, code, reason) when refused.
 function Server:vet(proto, name, port, cb)
-  local hostport = name:find(":", 1, true) and ("[" .. name .. "]:" .. port)
-    or (name .. ":" .. port)
+  local hostport = addr.hostport_text(name, port)
   local src = proto .. "://" .. hostport
   local allow = self.allowed[proto]
   if not allow then

@@ -481,7 +481,7 @@ int tun_fwd_client_connect(struct tun_fwd_client *cl, const struct sockaddr *ser
 int tun_fwd_client_redial(struct tun_fwd_client *cl, const struct sockaddr *server,
                           const uint8_t server_key[32])
 {
-    if (!cl->may_redial || cl->closing || cl->qc)
+    if (!cl->may_redial || cl->closing) /* may_redial: the last connection closed, qc NULL */
         return TUN_EINVAL;
     cl->may_redial = 0;
     cl->spare--;

@@ -112,24 +112,18 @@ function M.run(args)
   if not s.auth_token and not s.auth_token_file then
     return fail("no token: give --auth-token or --auth-token-file")
   end
-  local function text(v)
-    return type(v) == "table" and v.text or v
-  end
   -- The addresses after the first are tried in turn when one does not answer.
-  local more = {}
-  for i = 2, not s.relay_only and s.server_addrs and #s.server_addrs or 0 do
-    more[#more + 1] = text(s.server_addrs[i])
-  end
+  local more = not s.relay_only and { unpack(common.texts(s.server_addrs), 2) } or {}
   local function start(relay_urls)
     local status
     local c, err = client.new({
       server_id = s.server_node_id,
-      server_addr = direct and text(direct) or nil,
+      server_addr = common.text(direct),
       server_addrs = direct and #more > 0 and more or nil,
-      bind = s.bind_addr and text(s.bind_addr) or nil,
+      bind = common.text(s.bind_addr),
       relay_urls = relay_urls,
       relay_only = s.relay_only or nil,
-      socks5_proxy = type(s.socks5_proxy) == "table" and s.socks5_proxy.text or s.socks5_proxy,
+      socks5_proxy = common.text(s.socks5_proxy),
       token = s.auth_token,
       token_file = s.auth_token_file,
       secret = s.secret,
@@ -222,7 +216,7 @@ function M.run(args)
   -- Only the EndpointId: look up the server's relay in its discovery record first.
   log.info("looking up %s at %s", s.server_node_id, dns)
   local discovery = require "tunnel.discovery"
-  local proxy = type(s.socks5_proxy) == "table" and s.socks5_proxy.text or s.socks5_proxy
+  local proxy = common.text(s.socks5_proxy)
   -- Through the proxy too: a client that must not reach the relay directly must not reach the
   -- discovery server directly either.
   local ropts = proxy and { client = discovery.client({ proxy = proxy }) } or nil

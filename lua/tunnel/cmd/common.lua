@@ -83,11 +83,16 @@ function M.dns_url(section, relays)
   return nil
 end
 
---- Plain strings from a validated list of URLs (entries may be strings or {text=...}).
+--- The plain string of a validated value (a string, or a parsed {text=...}); nil stays nil.
+function M.text(v)
+  return type(v) == "table" and (v.text or v[1]) or v
+end
+
+--- Plain strings from a validated list (entries may be strings or {text=...}).
 function M.texts(list)
   local out = {}
   for _, v in ipairs(list or {}) do
-    out[#out + 1] = type(v) == "table" and (v.text or v[1]) or v
+    out[#out + 1] = M.text(v)
   end
   return out
 end

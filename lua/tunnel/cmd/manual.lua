@@ -78,11 +78,7 @@ function M.stun_list(args, section)
   if args.no_stun then
     return {}
   end
-  local out = {}
-  for _, s in ipairs(section.stun_servers or {}) do
-    out[#out + 1] = type(s) == "table" and (s.text or s[1]) or s
-  end
-  return out
+  return common.texts(section.stun_servers)
 end
 
 --- Read blocks from stdin: on_text(chunk) for every chunk, on_eof() at the end.

@@ -118,7 +118,7 @@ function M.run(args)
     udp_idle_timeout = s.transport and s.transport.udp_idle_timeout,
     relay_urls = common.texts(s.relay_urls),
     relay_only = s.relay_only or nil,
-    socks5_proxy = type(s.socks5_proxy) == "table" and s.socks5_proxy.text or s.socks5_proxy,
+    socks5_proxy = common.text(s.socks5_proxy),
     dns_server = common.dns_url(s, common.texts(s.relay_urls)) or "none",
     lan_announce = true,
   })

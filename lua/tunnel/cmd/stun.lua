@@ -41,11 +41,6 @@ function M.configure(c)
     :argname("<addr:port>"):count("*")
 end
 
--- "ip:port" with brackets for IPv6.
-local function join(ip, port)
-  return ip:find(":", 1, true) and ("[" .. ip .. "]:" .. port) or (ip .. ":" .. port)
-end
-
 local function ip_of(hostport)
   return hostport:match("^%[(.*)%]:%d+$") or hostport:match("^(.*):%d+$")
 end
@@ -60,7 +55,7 @@ function M.resolve(s, want6)
     if hp.family == 6 and not want6 then
       return nil, "an IPv6 server cannot be reached from an IPv4 --bind address"
     end
-    return join(hp.host, hp.port)
+    return addr.hostport_text(hp.host, hp.port)
   end
   local res, gerr = uv.getaddrinfo(hp.host, nil, { socktype = "dgram" })
   if not res or not res[1] then
@@ -71,7 +66,7 @@ function M.resolve(s, want6)
   for _, fam in ipairs({ "inet", "inet6" }) do
     for _, r in ipairs(res) do
       if r.family == fam and (fam == "inet" or want6) then
-        return join(r.addr, hp.port)
+        return addr.hostport_text(r.addr, hp.port)
       end
     end
   end
@@ -140,7 +135,7 @@ local function serve(list)
     if not hp or not hp.family then
       return fail(string.format("--serve %s: %s", s, err or "give a numeric IP address"))
     end
-    local srv, serr = stun.server({ bind = join(hp.host, hp.port) })
+    local srv, serr = stun.server({ bind = addr.hostport_text(hp.host, hp.port) })
     if not srv then
       return fail(serr .. " (is another STUN server using that port?)")
     end
@@ -168,7 +163,7 @@ function M.run(args)
     if not hp or not hp.family then
       return fail("--bind " .. args.bind .. ": " .. (err or "give a numeric IP address"))
     end
-    bind, want6 = join(hp.host, hp.port), hp.family == 6
+    bind, want6 = addr.hostport_text(hp.host, hp.port), hp.family == 6
   end
   local servers, label, lines = {}, {}, {}
   for _, name in ipairs(names) do
