@@ -349,7 +349,8 @@ describe("tunnel.config", function()
         '[iroh.transport]',
         'receive_window = "2 GiB"',
         'keep_alive_interval = -1',
-        'connect_timeout = 601'), nil, {
+        'connect_timeout = 601',
+        'busy_poll = 5000'), nil, {
         "server.toml:3:1: 'mtu' is out of range: got 9000, allowed 576 to 1500",
         "server.toml:4:1: 'client_channel_size' is out of range: got 0, allowed 1 to 65536",
         "server.toml:5:1: 'tun_writer_channel_size' is out of range: got 9223372036854775807, " ..
@@ -360,6 +361,7 @@ describe("tunnel.config", function()
           "0 to 3600 s",
         "server.toml:9:1: 'transport.connect_timeout' is out of range: got 601 s, allowed 1 to " ..
           "600 s",
+        "server.toml:10:1: 'transport.busy_poll' is out of range: got 5000, allowed 0 to 1000",
       })
     end)
 

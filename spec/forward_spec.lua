@@ -23,7 +23,8 @@ end
 local free_port = H.free_port
 
 --- Start `tunnel server` on an ephemeral port. o: tcp, udp (lists of CIDRs; default
--- 127.0.0.0/8 each, {} for none), max_sessions, name, wrap (command prefix).
+-- 127.0.0.0/8 each, {} for none), max_sessions, name, wrap (command prefix), env (more
+-- environment variables).
 local function start_server(o)
   o = o or {}
   local cmd = o.wrap and { unpack(o.wrap) } or {}
@@ -47,7 +48,17 @@ local function start_server(o)
   if o.max_sessions then
     add("--max-sessions", o.max_sessions)
   end
-  local p = track(H.spawn(cmd, { env = T.env }), "tunnel server")
+  local env = T.env
+  if o.env then
+    env = {}
+    for k, v in pairs(T.env) do
+      env[k] = v
+    end
+    for k, v in pairs(o.env) do
+      env[k] = v
+    end
+  end
+  local p = track(H.spawn(cmd, { env = env }), "tunnel server")
   H.wait_until(function()
     return p.stdout:match("Listening: [^\n]*:%d+\n") or p.done
   end, 30)
@@ -768,6 +779,48 @@ describe("tunnel port forwarding", function()
     assert.equal(1, count(a.stdout, "ACCEPT "))
   end)
 
+  it("polls for the next packet during a busy exchange, as busy_poll says", function()
+    -- The server's longest poll comes from TUNNEL_BUSY_POLL_US, the client's from [transport].
+    local _, eport = service({ "tcp-echo", "--port", 0 })
+    local name = "fwd-spec-bp-" .. uv.os_getpid()
+    start_server({ name = name, env = { TUNNEL_BUSY_POLL_US = "1000" } })
+    local la = free_port()
+    local conf = H.write_file(T.dir .. "/client.toml", table.concat({
+      'role = "client"',
+      "[iroh]",
+      ('server_node_id = "%s"'):format(T.id),
+      ('auth_token = "%s"'):format(T.token),
+      ('server_addrs = ["127.0.0.1:%d"]'):format(T.port),
+      ('request_source = "tcp://127.0.0.1:%d"'):format(eport),
+      ('target = "127.0.0.1:%d"'):format(la),
+      "[iroh.transport]",
+      "busy_poll = 0",
+    }, "\n") .. "\n")
+    local c = track(H.start({ "--name", name .. "-c", "client", "-c", conf }, { env = T.env }),
+      "tunnel client")
+    wait_ready(c, 1)
+    local p = check({ "tcp-pingpong", "--port", la, "--count", 2000 })
+    assert.equal(0, p.code, p.stderr .. logs())
+    local function poller(who)
+      local a = H.tunnel({ "attach", who }, { stdin = "local b = stats().busy_poll; " ..
+        "return b.max_us, b.polls, b.caught, b.poll_ms\n", env = T.env, timeout = 30 })
+      assert.equal(0, a.code, a.stderr .. logs())
+      local v = {}
+      for n in a.stdout:gmatch("%d+") do
+        v[#v + 1] = tonumber(n)
+      end
+      assert.equal(4, #v, a.stdout)
+      return v
+    end
+    -- The server's local echo answers within the millisecond: the server polled for it, and
+    -- caught some answers without sleeping.
+    local s = poller(name)
+    assert.equal(1000, s[1])
+    assert.is_true(s[2] > 0 and s[3] > 0, "the server never polled: " .. table.concat(s, " "))
+    local cl = poller(name .. "-c")
+    assert.same({ 0, 0, 0, 0 }, cl)
+  end)
+
   it("lists sessions in the REPL and kick() ends one", function()
     local _, eport = service({ "tcp-echo", "--port", 0 })
     local name = "fwd-spec-" .. uv.os_getpid()
@@ -808,7 +861,7 @@ describe("tunnel.server and tunnel.client option tables", function()
     local ok, err = pcall(cli, { idle_timout = 5 })
     assert.is_false(ok)
     assert.matches("^[^:]*forward_spec.lua:%d+: tunnel.client transport: unknown option " ..
-      "'idle_timout' %(known: congestion_controller, connect_timeout, ", err)
+      "'idle_timout' %(known: busy_poll, congestion_controller, connect_timeout, ", err)
     ok, err = pcall(cli, { connect_timeout = "2" })
     assert.is_false(ok)
     assert.matches("tunnel.client transport: option 'connect_timeout' must be a number, got " ..
@@ -856,6 +909,9 @@ describe("tunnel.server and tunnel.client option tables", function()
     ok, err = pcall(srv, { transport = { receive_window = 10 } })
     assert.is_false(ok)
     assert.matches("tunnel.server transport: option 'receive_window' is out of range", err, 1, true)
+    ok, err = pcall(srv, { transport = { busy_poll = 20.5 } })
+    assert.is_false(ok)
+    assert.matches("tunnel.server transport: option 'busy_poll' must be an integer", err, 1, true)
     ok, err = pcall(srv, { udp_idle_timeout = 0 })
     assert.is_false(ok)
     assert.matches("option 'udp_idle_timeout' is out of range: got 0", err, 1, true)

@@ -253,6 +253,7 @@ function M.new(opts)
     started = uv.hrtime(), addrs = addrs, addr_i = 1, key = server_key,
   }, Client)
   self.via_relay = via_relay
+  server_mod.apply_process_transport(opts.transport)
   local c, cerr = core.client({
     server_ip = sip, server_port = sport, server_key = sip and server_key, secret = secret,
     token = token, flow_idle_ms = (opts.udp_idle_timeout or 60) * 1000,

@@ -87,6 +87,8 @@ local function transport(roles)
         doc = "give up a connection attempt after this long" },
       { name = "udp_idle_timeout", type = "seconds", min = 1, max = 86400, default = 60,
         roles = { SRV, CLI }, doc = "forget a UDP flow after this long without a datagram" },
+      { name = "busy_poll", type = "integer", min = 0, max = 1000,
+        doc = "longest poll for the next packet before sleeping (µs); 0 turns it off" },
     },
     checks = { "keep_alive" },
   }

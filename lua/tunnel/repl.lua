@@ -141,6 +141,7 @@ function M.stats()
     rss = uv.resident_set_memory(),
     lua_memory = math.floor(collectgarbage("count") * 1024),
     log_levels = core_log.groups(),
+    busy_poll = core_host.busy_poll(),
   }
   for _, name in ipairs(stats_order) do
     local ok, v = pcall(stats_fns[name])

@@ -8,6 +8,7 @@
 --   })
 local core = require "tunnel.core.fwd"
 local ckeys = require "tunnel.core.keys"
+local core_host = require "tunnel.core.host"
 local keys = require "tunnel.keys"
 local addr = require "tunnel.addr"
 local policy = require "tunnel.policy"
@@ -66,7 +67,7 @@ M.check_options = check_options
 local TRANSPORT = {
   congestion_controller = "string", receive_window = "number", send_window = "number",
   idle_timeout = "number", keep_alive_interval = "number", connect_timeout = "number",
-  udp_idle_timeout = "number",
+  udp_idle_timeout = "number", busy_poll = "number",
 }
 
 -- Ranges of numeric options (after the type check): { min, max, integer }. The same limits
@@ -76,7 +77,7 @@ local RANGES = {
   udp_idle_timeout = { 0.001, 86400 },
   receive_window = { 1024, 1024 ^ 3, true }, send_window = { 1024, 1024 ^ 3, true },
   idle_timeout = { 0.001, 3600 }, keep_alive_interval = { 0, 3600 },
-  connect_timeout = { 0.001, 600 },
+  connect_timeout = { 0.001, 600 }, busy_poll = { 0, 1000, true },
 }
 
 --- Check that the numeric options of `t` named in RANGES are in range.
@@ -135,6 +136,15 @@ function M.quic_options(t)
     q.handshake_timeout_ms = t.connect_timeout * 1000
   end
   return q
+end
+
+--- Apply the settings of a [transport] table that belong to the whole process rather than to
+-- one connection: `busy_poll`, the longest poll before sleeping (µs; src/net/busypoll.h). The
+-- server or client started last decides.
+function M.apply_process_transport(t)
+  if t and t.busy_poll then
+    core_host.busy_poll(t.busy_poll)
+  end
 end
 
 local function endpoint_text(key)
@@ -647,6 +657,7 @@ function M.new(opts)
     endpoint_id = keys.endpoint_id(secret), public_key = keys.public_key(secret),
   }, Server)
   local max = opts.max_sessions or 100
+  M.apply_process_transport(opts.transport)
   local srv, cerr = core.server({
     ip = hp.host, port = hp.port, secret = secret,
     max_active = max == 0 and 0xffffffff or max,

@@ -1,6 +1,7 @@
 #include "fwd/client.h"
 #include "fwd/flow.h"
 #include "fwd/splice.h"
+#include "net/busypoll.h"
 #include "proto/msg.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -268,6 +269,7 @@ static void on_udp_recv(uv_udp_t *u, ssize_t n, const uv_buf_t *buf, const struc
     struct tun_fwd_client *cl = fw->cl;
     if (n < 0 || !from || !cl->ready || cl->closed)
         return;
+    tun_busypoll_kick(u->loop);
     struct flowref *fr = fw->flows;
     for (; fr; fr = fr->next)
         if (tun_sockaddr_equal(tun_flow_sender(fr->f), from))

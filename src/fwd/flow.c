@@ -1,6 +1,7 @@
 /* sendmmsg */
 #define _GNU_SOURCE
 #include "fwd/flow.h"
+#include "net/busypoll.h"
 #include "proto/msg.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -342,8 +343,10 @@ static void target_recv_cb(uv_udp_t *u, ssize_t n, const uv_buf_t *buf, const st
 {
     (void)addr;
     struct tun_flow *f = u->data;
-    if (n > 0 && !(flags & UV_UDP_MMSG_FREE))
+    if (n > 0 && !(flags & UV_UDP_MMSG_FREE)) {
+        tun_busypoll_kick(u->loop);
         tun_flow_to_peer(f, (const uint8_t *)buf->base, (size_t)n);
+    }
 }
 
 static struct tun_flow *flow_alloc(uv_loop_t *loop, struct tun_qstream *s, uint64_t idle_ms,

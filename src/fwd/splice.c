@@ -1,4 +1,5 @@
 #include "fwd/splice.h"
+#include "net/busypoll.h"
 #include "proto/msg.h"
 #include "util/error.h"
 #include "util/log.h"
@@ -102,6 +103,7 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
     if (n <= 0 && in_place)
         tun_qstream_commit(sp->s, 0);
     if (n > 0) {
+        tun_busypoll_kick(st->loop);
         sp->up += (uint64_t)n;
         if (!in_place)
             return; /* the stream is closing */

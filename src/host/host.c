@@ -1,5 +1,6 @@
 #include "host/host.h"
 #include "lua/state.h"
+#include "net/busypoll.h"
 #include "util/error.h"
 #include "util/log.h"
 
@@ -81,8 +82,15 @@ int tun_host_init(struct tun_host *h, const char *lua_dev_dir)
     int rc = uv_loop_init(&h->loop);
     if (rc < 0)
         return rc;
+    rc = tun_busypoll_init(&h->loop);
+    if (rc < 0) {
+        uv_loop_close(&h->loop);
+        return rc;
+    }
     h->L = tun_lua_new(&h->loop, lua_dev_dir);
     if (!h->L) {
+        tun_busypoll_close();
+        uv_run(&h->loop, UV_RUN_NOWAIT);
         uv_loop_close(&h->loop);
         return TUN_ENOMEM;
     }
@@ -205,6 +213,7 @@ int tun_host_close(struct tun_host *h)
     h->nclosers = 0;
     uv_close((uv_handle_t *)&h->sigint, NULL);
     uv_close((uv_handle_t *)&h->sigterm, NULL);
+    tun_busypoll_close();
     uv_walk(&h->loop, close_luv_handle, h->L);
     /* A pending uv_stop() makes the first uv_run return without iterating, so run until the
      * loop reports nothing left: every close callback (some of them Lua) must run before

@@ -3,6 +3,7 @@
  */
 #include "host/host.h"
 #include "lua/state.h"
+#include "net/busypoll.h"
 #include "quic/version.h"
 
 #include <curl/curl.h>
@@ -91,13 +92,43 @@ static int l_host_dev_mode(lua_State *L)
     return 1;
 }
 
+/* busy_poll([us]): set the longest poll before sleeping (µs, 0 turns it off; net/busypoll.h),
+ * and return the poller's state: max_us, window_us, polls (times it started), caught (data
+ * that arrived while it polled), poll_ms (time spent polling). */
+static int l_host_busy_poll(lua_State *L)
+{
+    if (!lua_isnoneornil(L, 1)) {
+        lua_Integer us = luaL_checkinteger(L, 1);
+        luaL_argcheck(L, us >= 0 && us <= TUN_BUSYPOLL_MAX_US, 1, "must be 0 to 1000 (µs)");
+        tun_busypoll_set_max_us((unsigned)us);
+    }
+    struct tun_bp_state s = tun_busypoll_state();
+    lua_createtable(L, 0, 5);
+    lua_pushnumber(L, (lua_Number)(s.max_ns / 1000));
+    lua_setfield(L, -2, "max_us");
+    lua_pushnumber(L, (lua_Number)(s.window_ns / 1000));
+    lua_setfield(L, -2, "window_us");
+    lua_pushnumber(L, (lua_Number)s.polls);
+    lua_setfield(L, -2, "polls");
+    lua_pushnumber(L, (lua_Number)s.caught);
+    lua_setfield(L, -2, "caught");
+    lua_pushnumber(L, (lua_Number)(s.poll_ns / 1000000));
+    lua_setfield(L, -2, "poll_ms");
+    return 1;
+}
+
 int luaopen_tunnel_core_host(lua_State *L)
 {
     static const luaL_Reg fns[] = {
-        {"exit", l_host_exit},         {"stop", l_host_stop},
-        {"exiting", l_host_exiting},   {"set_shutdown", l_host_set_shutdown},
-        {"versions", l_host_versions}, {"is_exit", l_host_is_exit},
-        {"dev_mode", l_host_dev_mode}, {NULL, NULL},
+        {"exit", l_host_exit},
+        {"stop", l_host_stop},
+        {"exiting", l_host_exiting},
+        {"set_shutdown", l_host_set_shutdown},
+        {"versions", l_host_versions},
+        {"is_exit", l_host_is_exit},
+        {"dev_mode", l_host_dev_mode},
+        {"busy_poll", l_host_busy_poll},
+        {NULL, NULL},
     };
     lua_newtable(L);
     luaL_register(L, NULL, fns);

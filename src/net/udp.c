@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 
 #include "net/udp.h"
+#include "net/busypoll.h"
 #include "util/error.h"
 #include "util/log.h"
 
@@ -388,6 +389,8 @@ static void do_recv(struct sock *k)
             break;
         }
         u->st.rx_calls++;
+        if (got > 0)
+            tun_busypoll_kick(k->poll.loop);
         for (int i = 0; i < got; i++) {
             struct msghdr *h = &u->rx_msgs[i].msg_hdr;
             size_t len = u->rx_msgs[i].msg_len;
