@@ -510,6 +510,12 @@ start tserver "$NS_S" "$TUN" --name "$tag-server" server --listen "$SRV_IP:$TUN_
 wait_line tserver "^Listening" 10 "tunnel server"
 ENDPOINT_ID=$(awk '/^EndpointId:/ { print $2; exit }' "$work/tserver.out")
 [ -n "$ENDPOINT_ID" ] || { show_log tserver; die "tunnel server printed no EndpointId"; }
+# The same pair with busy polling off (docs/net.md, "Busy polling"): what the polling buys and
+# what it costs, measured side by side.
+start tserver0 "$NS_S" env TUNNEL_BUSY_POLL_US=0 "$TUN" --name "$tag-server0" server \
+    --listen "$SRV_IP:$((TUN_PORT + 1))" --secret-file "$work/server.key" \
+    --auth-tokens "$TOKEN" --allowed-tcp 127.0.0.0/8 --max-sessions 0
+wait_line tserver0 "^Listening" 10 "tunnel server (busy polling off)"
 
 # socat: a listener on the server side and a forwarder on the client side, like the tunnel's
 # two processes (default 8 KiB buffer, and -b 131072).
@@ -545,6 +551,12 @@ target = "127.0.0.1:7003"
 EOF
 start tclient "$NS_C" "$TUN" --name "$tag-client" client -c "$work/client.toml"
 wait_line tclient "forwarding udp" 15 "tunnel client (connecting to $SRV_IP:$TUN_PORT)"
+start tclient0 "$NS_C" env TUNNEL_BUSY_POLL_US=0 "$TUN" --name "$tag-client0" client \
+    --server-node-id "$ENDPOINT_ID" --server-addr "$SRV_IP:$((TUN_PORT + 1))" \
+    --auth-token "$TOKEN" -s "tcp://127.0.0.1:$SINK_PORT" -t 127.0.0.1:7011 \
+    -s "tcp://127.0.0.1:$ECHO_PORT" -t 127.0.0.1:7012
+wait_line tclient0 "forwarding tcp 127.0.0.1:7012" 15 \
+    "tunnel client, busy polling off (connecting to $SRV_IP:$((TUN_PORT + 1)))"
 
 ssh_opts=(-F /dev/null -N -T -v -i "$work/id_ed25519" -p "$SSHD_PORT" -o BatchMode=yes
     -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
@@ -584,6 +596,7 @@ say "ready: sshd, tunnel server and client ($ENDPOINT_ID), ssh -L ($SSH_CIPHER,"
 PATHS=(
     "direct|raw veth (direct)|$SRV_IP:$SINK_PORT|$SRV_IP:$ECHO_PORT|"
     "tunnel|tunnel|127.0.0.1:7001|127.0.0.1:7002|PID_tclient PID_tserver"
+    "tunnel-nopoll|tunnel, busy polling off|127.0.0.1:7011|127.0.0.1:7012|PID_tclient0 PID_tserver0"
     "ssh|ssh -L ($SSH_CIPHER)|127.0.0.1:7101|127.0.0.1:7102|PID_ssh PID_sshd"
     "ssh-aes|ssh -L -c aes128-gcm@openssh.com|127.0.0.1:7201|127.0.0.1:7202|PID_ssh_aes PID_sshd"
     "socat|socat (8 KiB buffer, unencrypted)|127.0.0.1:7301|127.0.0.1:7302|PID_socat_c PID_socat_s"
@@ -593,6 +606,17 @@ n_paths=${#PATHS[@]}
 n_rates=$(echo "$UDP_RATES" | wc -w)
 TOTAL_STEPS=$((TOTAL_STEPS + 2 + n_paths * (PING_ROUNDS + LOAD_ROUNDS) + n_paths * RUNS + 2 * n_rates \
     + PROFILE))
+
+# cpu_since: CPU seconds of each relay in $pids since the readings in c0, comma-separated (the
+# client-side relay first, then the server side).
+cpu_since() {
+    local each="" i=0 rp
+    for rp in $pids; do
+        each="$each${each:+,}$("$PY" -c "print(round($(cpu_of "$rp") - ${c0[$i]}, 4))")"
+        i=$((i + 1))
+    done
+    echo "$each"
+}
 
 relay_pids() { # "VAR VAR": their values
     local v out=""
@@ -667,8 +691,11 @@ for round in $(seq 1 $PING_ROUNDS); do
         p=${PATHS[$(((i + round - 1) % n_paths))]}
         IFS='|' read -r name label sink echo_addr vars <<<"$p"
         progress "$label: $per_round round trips of 64 bytes, round $round of $PING_ROUNDS"
+        pids=$(relay_pids "$vars")
+        c0=()
+        for rp in $pids; do c0+=("$(cpu_of "$rp")"); done
         gen "$NS_C" 300 "ping-pong through $label" ping "$echo_addr" "$per_round" 64
-        record ping "$name" "$GEN_JSON" ",\"round\":$round"
+        record ping "$name" "$GEN_JSON" ",\"round\":$round,\"relay_cpu_each\":[$(cpu_since)]"
     done
 done
 
@@ -697,13 +724,7 @@ for run in $(seq 1 $RUNS); do
         for rp in $pids; do c0+=("$(cpu_of "$rp")"); done
         gen "$NS_C" 900 "TCP transfer through $label" tput "$sink" "$TPUT_BYTES"
         sleep 0.3 # per-connection children (socat, sshd) exit and are reaped into cutime
-        each=""
-        i=0
-        for rp in $pids; do # CPU seconds of the client-side and of the server-side relay
-            each="$each${each:+,}$("$PY" -c "print(round($(cpu_of "$rp") - ${c0[$i]}, 3))")"
-            i=$((i + 1))
-        done
-        record tput "$name" "$GEN_JSON" ",\"run\":$run,\"relay_cpu_each\":[$each]"
+        record tput "$name" "$GEN_JSON" ",\"run\":$run,\"relay_cpu_each\":[$(cpu_since)]"
     done
 done
 

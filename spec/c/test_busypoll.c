@@ -15,31 +15,32 @@ static void test_grow_and_catch(void)
     struct tun_bp_state s = {0};
     tun_bp_set_max(&s, 200 * US);
     /* The first event follows a long gap: no polling. */
-    CHECK_INT_EQ(tun_bp_event(&s, T0), 0);
+    CHECK_INT_EQ(tun_bp_event(&s, T0, 64), 0);
     CHECK_INT_EQ(s.window_ns, 0);
     /* The next comes 100 µs later, within the longest poll: the window opens at 50 µs. */
-    CHECK_INT_EQ(tun_bp_event(&s, T0 + 100 * US), 1);
+    CHECK_INT_EQ(tun_bp_event(&s, T0 + 100 * US, 64), 1);
     CHECK_INT_EQ(s.window_ns, 50 * US);
     CHECK_INT_EQ(s.polls, 1);
     CHECK_INT_EQ(tun_bp_expired(&s, T0 + 120 * US), 0);
     /* An event while polling is caught and restarts the window; the window stays. */
-    CHECK_INT_EQ(tun_bp_event(&s, T0 + 130 * US), 0);
+    CHECK_INT_EQ(tun_bp_event(&s, T0 + 130 * US, 64), 0);
     CHECK_INT_EQ(s.caught, 1);
     CHECK_INT_EQ(s.window_ns, 50 * US);
     CHECK_INT_EQ(tun_bp_expired(&s, T0 + 179 * US), 0);
     CHECK_INT_EQ(tun_bp_expired(&s, T0 + 180 * US), 1);
     CHECK_INT_EQ(s.poll_ns, 80 * US);
-    CHECK_INT_EQ(tun_bp_expired(&s, T0 + 500 * US), 0); /* already stopped */
+    CHECK_INT_EQ(tun_bp_expired(&s, T0 + 500 * US), 1); /* not polling: nothing to do */
+    CHECK_INT_EQ(s.poll_ns, 80 * US);
     /* Slept, and the next event came 170 µs after the last: the window doubles... */
-    CHECK_INT_EQ(tun_bp_event(&s, T0 + 300 * US), 1);
+    CHECK_INT_EQ(tun_bp_event(&s, T0 + 300 * US, 64), 1);
     CHECK_INT_EQ(s.window_ns, 100 * US);
     CHECK_INT_EQ(tun_bp_expired(&s, T0 + 400 * US), 1);
-    CHECK_INT_EQ(tun_bp_event(&s, T0 + 450 * US), 1);
+    CHECK_INT_EQ(tun_bp_event(&s, T0 + 450 * US, 64), 1);
     CHECK_INT_EQ(s.window_ns, 200 * US);
     CHECK_INT_EQ(tun_bp_expired(&s, T0 + 650 * US), 1);
     /* A full-length poll that ended before the next event: that gap was longer than the
      * longest poll, so the window halves. */
-    CHECK_INT_EQ(tun_bp_event(&s, T0 + 800 * US), 1);
+    CHECK_INT_EQ(tun_bp_event(&s, T0 + 800 * US, 64), 1);
     CHECK_INT_EQ(s.window_ns, 100 * US);
     CHECK_INT_EQ(s.polls, 4);
     CHECK_INT_EQ(s.caught, 1);
@@ -48,11 +49,11 @@ static void test_grow_and_catch(void)
     struct tun_bp_state c = {0};
     tun_bp_set_max(&c, 150 * US);
     uint64_t t = T0;
-    tun_bp_event(&c, t);
+    tun_bp_event(&c, t, 64);
     for (int i = 0; i < 3; i++) {
         t += 10 * US;
-        CHECK_INT_EQ(tun_bp_event(&c, t), 1);
-        CHECK_INT_EQ(tun_bp_event(&c, t + 5 * US), 0); /* caught */
+        CHECK_INT_EQ(tun_bp_event(&c, t, 64), 1);
+        CHECK_INT_EQ(tun_bp_event(&c, t + 5 * US, 64), 0); /* caught */
         t += 5 * US + c.window_ns;
         CHECK_INT_EQ(tun_bp_expired(&c, t), 1);
     }
@@ -65,33 +66,33 @@ static void test_shrink(void)
     struct tun_bp_state s = {0};
     tun_bp_set_max(&s, 200 * US);
     uint64_t t = T0;
-    tun_bp_event(&s, t);
+    tun_bp_event(&s, t, 64);
     for (int i = 0; i < 3; i++) { /* three short gaps after sleeping: 50, 100, 200 µs */
         t += 10 * US;
-        CHECK_INT_EQ(tun_bp_event(&s, t), 1);
+        CHECK_INT_EQ(tun_bp_event(&s, t, 64), 1);
         t += s.window_ns;
         CHECK_INT_EQ(tun_bp_expired(&s, t), 1);
     }
     CHECK_INT_EQ(s.window_ns, 200 * US);
     /* Gaps longer than the longest poll halve the window; below 50 µs it closes. */
     t += 5000 * US;
-    CHECK_INT_EQ(tun_bp_event(&s, t), 1);
+    CHECK_INT_EQ(tun_bp_event(&s, t, 64), 1);
     CHECK_INT_EQ(s.window_ns, 100 * US);
     t += s.window_ns;
     CHECK_INT_EQ(tun_bp_expired(&s, t), 1);
     t += 5000 * US;
-    CHECK_INT_EQ(tun_bp_event(&s, t), 1);
+    CHECK_INT_EQ(tun_bp_event(&s, t, 64), 1);
     CHECK_INT_EQ(s.window_ns, 50 * US);
     t += s.window_ns;
     CHECK_INT_EQ(tun_bp_expired(&s, t), 1);
     t += 5000 * US;
-    CHECK_INT_EQ(tun_bp_event(&s, t), 0);
+    CHECK_INT_EQ(tun_bp_event(&s, t, 64), 0);
     CHECK_INT_EQ(s.window_ns, 0);
     CHECK(!s.polling);
     /* Idle traffic (a keep-alive now and then) never polls. */
     for (int i = 0; i < 5; i++) {
         t += 15000000 * US;
-        CHECK_INT_EQ(tun_bp_event(&s, t), 0);
+        CHECK_INT_EQ(tun_bp_event(&s, t, 64), 0);
     }
     CHECK_INT_EQ(s.polls, 5);
 }
@@ -101,27 +102,72 @@ static void test_off_and_lower_max(void)
     struct tun_bp_state s = {0};
     /* max 0: never polls, however short the gaps. */
     for (uint64_t t = T0; t < T0 + 100 * US; t += US)
-        CHECK_INT_EQ(tun_bp_event(&s, t), 0);
+        CHECK_INT_EQ(tun_bp_event(&s, t, 64), 0);
     CHECK_INT_EQ(s.polls, 0);
     /* A smaller maximum shrinks the window at once; 0 stops a running poll at its next check. */
     tun_bp_set_max(&s, 1000 * US);
     s.window_ns = 800 * US;
     tun_bp_set_max(&s, 300 * US);
     CHECK_INT_EQ(s.window_ns, 300 * US);
-    CHECK_INT_EQ(tun_bp_event(&s, T0 + 200 * US), 1);
+    CHECK_INT_EQ(tun_bp_event(&s, T0 + 200 * US, 64), 1);
     tun_bp_set_max(&s, 0);
     CHECK_INT_EQ(tun_bp_expired(&s, T0 + 200 * US), 1);
     /* With a longest poll under 50 µs the window opens at that. */
     struct tun_bp_state m = {0};
     tun_bp_set_max(&m, 20 * US);
-    tun_bp_event(&m, T0);
-    CHECK_INT_EQ(tun_bp_event(&m, T0 + 10 * US), 1);
+    tun_bp_event(&m, T0, 64);
+    CHECK_INT_EQ(tun_bp_event(&m, T0 + 10 * US, 64), 1);
     CHECK_INT_EQ(m.window_ns, 20 * US);
 }
 
 static void never_cb(uv_timer_t *t)
 {
     (void)t;
+}
+
+/* Heavy traffic (more than 8 KiB a millisecond) never polls, and ends a poll under way. */
+static void test_heavy(void)
+{
+    struct tun_bp_state s = {0};
+    tun_bp_set_max(&s, 200 * US);
+    uint64_t t = T0;
+    tun_bp_event(&s, t, 64);
+    CHECK_INT_EQ(tun_bp_event(&s, t + 10 * US, 64), 1);
+    /* 16 KiB arrive within the period: polling ends at once, the window closes. */
+    t += 20 * US;
+    CHECK_INT_EQ(tun_bp_event(&s, t, 16384), 0);
+    CHECK(!s.polling);
+    CHECK_INT_EQ(s.window_ns, 0);
+    CHECK_INT_EQ(s.poll_ns, 10 * US);
+    CHECK_INT_EQ(tun_bp_expired(&s, t), 1);
+    /* A bulk transfer: 1,500 bytes every 20 µs (75 MB/s) for 10 ms never polls. */
+    for (int i = 0; i < 500; i++) {
+        t += 20 * US;
+        CHECK_INT_EQ(tun_bp_event(&s, t, 1500), 0);
+    }
+    /* Once the rate falls (a 64-byte ping-pong, 100 µs apart), the first period under the
+     * limit ends the heavy mark and the gaps open the window again. */
+    int started = 0;
+    for (int i = 0; i < 30; i++) {
+        t += 100 * US;
+        started += tun_bp_event(&s, t, 64);
+        tun_bp_expired(&s, t + 60 * US);
+    }
+    CHECK(!s.heavy);
+    CHECK(started > 0);
+    CHECK(s.window_ns > 0);
+    /* 1,200-byte datagrams every 120 µs (80 Mbit/s): heavy, although each arrival is small. */
+    struct tun_bp_state u = {0};
+    tun_bp_set_max(&u, 200 * US);
+    started = 0;
+    t = T0;
+    for (int i = 0; i < 100; i++) {
+        t += 120 * US;
+        started += tun_bp_event(&u, t, 1200);
+        tun_bp_expired(&u, t + 60 * US);
+    }
+    CHECK(u.heavy);
+    CHECK(started <= 2); /* at most in the first period, before the rate is known */
 }
 
 /* The process poller on a real loop: a kick polls for the window, then the loop sleeps. */
@@ -137,12 +183,12 @@ static void test_loop(void)
     setenv("TUNNEL_BUSY_POLL_US", "300", 1);
     CHECK_INT_EQ(tun_busypoll_init(&loop), 0);
     CHECK_INT_EQ(tun_busypoll_state().max_ns, 300 * US);
-    tun_busypoll_kick(&loop);
-    tun_busypoll_kick(&loop); /* a gap of ~0: polling starts with the 50 µs window */
+    tun_busypoll_kick(&loop, 64);
+    tun_busypoll_kick(&loop, 64); /* a gap of ~0: polling starts with the 50 µs window */
     CHECK(tun_busypoll_state().polling);
     /* A kick from another loop changes nothing. */
     struct tun_bp_state before = tun_busypoll_state();
-    tun_busypoll_kick(&other);
+    tun_busypoll_kick(&other, 64);
     CHECK_INT_EQ(tun_busypoll_state().last_ns, before.last_ns);
     uint64_t start = uv_hrtime();
     int turns = 0;
@@ -161,7 +207,7 @@ static void test_loop(void)
     tun_busypoll_set_max_us(5000);
     CHECK_INT_EQ(tun_busypoll_state().max_ns, TUN_BUSYPOLL_MAX_US * US);
     tun_busypoll_close();
-    tun_busypoll_kick(&loop); /* after close: nothing */
+    tun_busypoll_kick(&loop, 64); /* after close: nothing */
     CHECK(!tun_busypoll_state().polling);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_INT_EQ(uv_loop_close(&loop), 0);
@@ -200,6 +246,7 @@ int main(void)
     test_grow_and_catch();
     test_shrink();
     test_off_and_lower_max();
+    test_heavy();
     test_loop();
     return TEST_DONE();
 }

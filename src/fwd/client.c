@@ -269,7 +269,7 @@ static void on_udp_recv(uv_udp_t *u, ssize_t n, const uv_buf_t *buf, const struc
     struct tun_fwd_client *cl = fw->cl;
     if (n < 0 || !from || !cl->ready || cl->closed)
         return;
-    tun_busypoll_kick(u->loop);
+    tun_busypoll_kick(u->loop, (size_t)n);
     struct flowref *fr = fw->flows;
     for (; fr; fr = fr->next)
         if (tun_sockaddr_equal(tun_flow_sender(fr->f), from))

@@ -344,7 +344,7 @@ static void target_recv_cb(uv_udp_t *u, ssize_t n, const uv_buf_t *buf, const st
     (void)addr;
     struct tun_flow *f = u->data;
     if (n > 0 && !(flags & UV_UDP_MMSG_FREE)) {
-        tun_busypoll_kick(u->loop);
+        tun_busypoll_kick(u->loop, (size_t)n);
         tun_flow_to_peer(f, (const uint8_t *)buf->base, (size_t)n);
     }
 }

@@ -103,7 +103,7 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
     if (n <= 0 && in_place)
         tun_qstream_commit(sp->s, 0);
     if (n > 0) {
-        tun_busypoll_kick(st->loop);
+        tun_busypoll_kick(st->loop, (size_t)n);
         sp->up += (uint64_t)n;
         if (!in_place)
             return; /* the stream is closing */

@@ -12,8 +12,39 @@ static uint64_t grow_start(const struct tun_bp_state *s)
     return s->max_ns < g ? s->max_ns : g;
 }
 
-int tun_bp_event(struct tun_bp_state *s, uint64_t now)
+/* Whether the data arriving now makes the traffic heavy: more than TUN_BUSYPOLL_HEAVY_BYTES per
+ * TUN_BUSYPOLL_PERIOD_US on average since the period began, or within it so far. */
+static int heavy_traffic(struct tun_bp_state *s, uint64_t now, size_t bytes)
 {
+    uint64_t period = (uint64_t)TUN_BUSYPOLL_PERIOD_US * US, elapsed = now - s->rate_start_ns;
+    if (elapsed >= period) {
+        s->heavy = s->rate_bytes * period > (uint64_t)TUN_BUSYPOLL_HEAVY_BYTES * elapsed;
+        s->rate_start_ns = now;
+        s->rate_bytes = 0;
+    }
+    s->rate_bytes += bytes;
+    if (s->rate_bytes > TUN_BUSYPOLL_HEAVY_BYTES)
+        s->heavy = 1;
+    return s->heavy;
+}
+
+static void end_poll(struct tun_bp_state *s, uint64_t now)
+{
+    s->polling = 0;
+    s->poll_ns += now - s->poll_start_ns;
+}
+
+int tun_bp_event(struct tun_bp_state *s, uint64_t now, size_t bytes)
+{
+    if (heavy_traffic(s, now, bytes)) {
+        /* Bulk data keeps the loop busy without polling, and polling would only take CPU from
+         * the applications at either end. */
+        if (s->polling)
+            end_poll(s, now);
+        s->window_ns = 0;
+        s->last_ns = now;
+        return 0;
+    }
     if (s->polling) {
         /* Polling paid off: the event came without a wake-up. Keep the window. */
         s->caught++;
@@ -43,10 +74,11 @@ int tun_bp_event(struct tun_bp_state *s, uint64_t now)
 
 int tun_bp_expired(struct tun_bp_state *s, uint64_t now)
 {
-    if (!s->polling || now - s->last_ns < s->window_ns)
+    if (!s->polling)
+        return 1;
+    if (now - s->last_ns < s->window_ns)
         return 0;
-    s->polling = 0;
-    s->poll_ns += now - s->poll_start_ns;
+    end_poll(s, now);
     return 1;
 }
 
@@ -100,11 +132,11 @@ int tun_busypoll_init(uv_loop_t *loop)
     return 0;
 }
 
-void tun_busypoll_kick(uv_loop_t *loop)
+void tun_busypoll_kick(uv_loop_t *loop, size_t bytes)
 {
     if (loop != bp.loop || !bp.s.max_ns)
         return;
-    if (tun_bp_event(&bp.s, uv_hrtime()))
+    if (tun_bp_event(&bp.s, uv_hrtime(), bytes))
         uv_idle_start(&bp.idle, idle_cb);
 }
 

@@ -17,7 +17,10 @@
  * to sleep but within `max`, the window doubles (from 50 µs, capped at `max`); when it comes
  * later than `max`, the window halves, and below 50 µs it is 0. So idle or sparse traffic
  * (keep-alives, typing, paths with a round trip over `max`) never polls, and a busy exchange
- * polls only through gaps shorter than `max`.
+ * polls only through gaps shorter than `max`. Heavy traffic (more than 8 KiB per millisecond
+ * arriving, 64 Mbit/s) never polls: a bulk transfer keeps the loop busy anyway, and polling
+ * would take CPU from the applications at either end (docs/net.md measured 12-18 % less
+ * throughput on two CPUs).
  *
  * One poller per process, bound to the host's loop: kicks from any other loop (the C tests)
  * do nothing. Every function must be called on that loop's thread.
@@ -27,6 +30,7 @@
 #ifndef TUN_NET_BUSYPOLL_H
 #define TUN_NET_BUSYPOLL_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -36,6 +40,9 @@
 #define TUN_BUSYPOLL_MAX_US 1000
 /* The window a first short gap opens, and the smallest window kept when shrinking (µs). */
 #define TUN_BUSYPOLL_GROW_START_US 50
+/* Traffic is heavy (no polling) above this many bytes arriving per period. */
+#define TUN_BUSYPOLL_HEAVY_BYTES 8192
+#define TUN_BUSYPOLL_PERIOD_US   1000
 
 /* The adaptive rule on its own, with time passed in (sans-IO; tested in test_busypoll.c). */
 struct tun_bp_state {
@@ -46,13 +53,15 @@ struct tun_bp_state {
     /* Counters: polls started, events that arrived while polling, time spent polling. */
     uint64_t polls, caught, poll_ns;
     uint64_t poll_start_ns;
+    uint64_t rate_start_ns, rate_bytes; /* bytes arrived since the period began */
+    int heavy;                          /* the traffic is heavy: no polling */
 };
 
-/* An event at `now`. Returns 1 when polling should start (it was not polling and the window is
- * not 0), else 0. */
-int tun_bp_event(struct tun_bp_state *s, uint64_t now);
+/* `bytes` of data arrived at `now`. Returns 1 when polling should start (it was not polling and
+ * the window is not 0), else 0. */
+int tun_bp_event(struct tun_bp_state *s, uint64_t now, size_t bytes);
 /* Called while polling: returns 1 when polling should stop at `now` (the window has passed
- * since the latest event), else 0. */
+ * since the latest event, or heavy traffic ended the poll), else 0. */
 int tun_bp_expired(struct tun_bp_state *s, uint64_t now);
 /* Set the longest poll; 0 turns polling off (the window shrinks to fit). */
 void tun_bp_set_max(struct tun_bp_state *s, uint64_t max_ns);
@@ -62,8 +71,8 @@ void tun_bp_set_max(struct tun_bp_state *s, uint64_t max_ns);
  * the very process it waits for); the environment variable TUNNEL_BUSY_POLL_US (0–1000)
  * replaces that default. Returns 0 or a libuv error. */
 int tun_busypoll_init(uv_loop_t *loop);
-/* Data arrived on `loop`. Cheap: a clock read and a few comparisons. */
-void tun_busypoll_kick(uv_loop_t *loop);
+/* `bytes` of data arrived on `loop`. Cheap: a clock read and a few comparisons. */
+void tun_busypoll_kick(uv_loop_t *loop, size_t bytes);
 /* Set the longest poll in µs (0–TUN_BUSYPOLL_MAX_US; larger values are capped). */
 void tun_busypoll_set_max_us(unsigned us);
 /* The state and counters (zeroes before init). */

@@ -389,8 +389,12 @@ static void do_recv(struct sock *k)
             break;
         }
         u->st.rx_calls++;
-        if (got > 0)
-            tun_busypoll_kick(k->poll.loop);
+        if (got > 0) {
+            size_t bytes = 0;
+            for (int i = 0; i < got; i++)
+                bytes += u->rx_msgs[i].msg_len;
+            tun_busypoll_kick(k->poll.loop, bytes);
+        }
         for (int i = 0; i < got; i++) {
             struct msghdr *h = &u->rx_msgs[i].msg_hdr;
             size_t len = u->rx_msgs[i].msg_len;
