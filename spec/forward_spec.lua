@@ -754,6 +754,30 @@ describe("tunnel port forwarding", function()
       "--source and 1 --target\n", c.stderr)
   end)
 
+  it("names the flag, not the config key, of a bad value on the command line", function()
+    local s = H.tunnel({ "server", "--listen", "127.0.0.1:99999", "--secret-file", T.key,
+      "--auth-tokens", T.token, "--max-sessions", "-3", "--allowed-tcp", "10.0.0.1/8" },
+      { env = T.env })
+    assert.equal(1, s.code)
+    assert.matches("tunnel: --max-sessions: is out of range: got -3, allowed 0 to 1000000\n",
+      s.stderr, 1, true)
+    assert.matches("\n--allowed-tcp: is invalid: '10.0.0.1/8' has host bits set", s.stderr, 1, true)
+    assert.matches("\n--listen: is invalid: '127.0.0.1:99999': port 99999 is out of range",
+      s.stderr, 1, true)
+    local c = H.tunnel({ "client", "-n", T.id, "--server-addr", "127.0.0.1:0", "--auth-token",
+      T.token, "-s", "tcp://127.0.0.1:1", "-t", "127.0.0.1:77777" }, { env = T.env })
+    assert.equal(1, c.code)
+    assert.matches("--target: is invalid: '127.0.0.1:77777'", c.stderr, 1, true)
+    assert.matches("--server-addr: is invalid: '127.0.0.1:0': port 0 is out of range",
+      c.stderr, 1, true)
+    -- From a file, the key and its line are named as before.
+    local conf = H.write_file(T.dir .. "/bad.toml", 'role = "server"\n[iroh]\nmax_sessions = -3\n')
+    s = H.tunnel({ "server", "-c", conf, "--secret-file", T.key, "--auth-tokens", T.token },
+      { env = T.env })
+    assert.equal(1, s.code)
+    assert.matches("bad.toml:3:1: 'max_sessions' is out of range: got -3", s.stderr, 1, true)
+  end)
+
   it("takes a lone --target as the new address of the file's request_source", function()
     -- The command line's forward replaces the file's forwards ([[forward]] too); the missing
     -- half comes from the file.

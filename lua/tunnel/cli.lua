@@ -332,6 +332,23 @@ function M.main(argv)
     args_list = prefix
   end
 
+  -- argparse reads "-5" as an unknown option, so "--max-sessions -5" would say nothing useful:
+  -- a long option followed by a negative number becomes "--opt=-5" and gets the option's own
+  -- range check.
+  local joined = {}
+  local at = 1
+  while at <= #args_list do
+    local a, nxt = args_list[at], args_list[at + 1]
+    if a:match("^%-%-[%w-]+$") and nxt and nxt:match("^%-%d+%.?%d*$") then
+      joined[#joined + 1] = a .. "=" .. nxt
+      at = at + 2
+    else
+      joined[#joined + 1] = a
+      at = at + 1
+    end
+  end
+  args_list = joined
+
   -- parse (not pparse): --help and usage errors leave through os.exit/host.exit, and pparse
   -- would turn that exit into an error string.
   parser.error = function(_, msg)

@@ -65,7 +65,7 @@ function M.settings(args)
     relay_only = args.relay_only or nil,
     socks5_proxy = args.socks5_proxy,
     dns_server = args.dns_server,
-  })
+  }, { server_addrs = "--server-addr", request_source = "--source", target = "--target" })
   if not section then
     return nil, whole
   end
@@ -84,7 +84,7 @@ function M.manual_settings(args)
   local stun = args.stun_server and #args.stun_server > 0 and args.stun_server or nil
   local section, whole = common.settings(args, "client", "manual", {
     stun_servers = stun, request_source = fw[1], target = fw[2],
-  })
+  }, { request_source = "--source", target = "--target" })
   if not section then
     return nil, whole
   end

@@ -10,11 +10,48 @@ function M.fail(msg)
   return 1
 end
 
+-- The command-line flag that set the value at `path` ("iroh.allowed_sources.tcp[2]"), if the
+-- value came from `cli` (the section's values from the command line): `flags[key]` for the
+-- section's own keys, else the schema's `flag`. nil when the value came from the file.
+local function flag_of(section, cli, flags, path)
+  local rest = path:match("^" .. section .. "%.(.+)$")
+  if not rest or not cli then
+    return nil
+  end
+  local spec, v, top = config.schema.by_name[section], cli, nil
+  for seg in rest:gsub("%[%d+%]", ""):gmatch("[^.]+") do
+    top = top or seg
+    local f = spec and spec.by_name and spec.by_name[seg]
+    v = type(v) == "table" and v[seg] or nil
+    if v == nil or not f then
+      return nil
+    end
+    spec = f
+  end
+  return flags and flags[rest:gsub("%[%d+%]$", "")] or spec.flag
+end
+
+--- Name the flag in errors about values given on the command line: "--listen: ..." rather
+-- than "iroh.bind_addr: ...", which the user never wrote.
+local function flag_errors(section, cli, flags, err, records)
+  if not records then
+    return err
+  end
+  local lines = {}
+  for i, e in ipairs(records) do
+    local flag = e.path and flag_of(section, cli, flags, e.path)
+    local where = flag or e.path
+    lines[i] = where and where .. ": " .. e.msg or e.msg
+  end
+  return table.concat(lines, "\n")
+end
+
 --- The validated `mode` section for `role` (the [relay] section for role "relay", which has no
 -- mode: pass nil): the config file (-c / --default-config) if any, overridden by `cli` (a
--- table in the config's shape, nil for options not given).
+-- table in the config's shape, nil for options not given). `flags` names the flag of a `cli`
+-- key whose schema entry has none or another (bind_addr = "--listen"), for error messages.
 -- Returns the section and the whole validated config, or nil and an error message.
-function M.settings(args, role, mode, cli)
+function M.settings(args, role, mode, cli, flags)
   local section = mode or role
   local file = { role = role, mode = mode }
   if args.config or args.default_config then
@@ -26,9 +63,9 @@ function M.settings(args, role, mode, cli)
     file = cfg
   end
   local merged = config.merge(file, { [section] = cli })
-  local v, err = config.validate(merged, { role = role, mode = mode, complete = true })
+  local v, err, records = config.validate(merged, { role = role, mode = mode, complete = true })
   if not v then
-    return nil, err
+    return nil, flag_errors(section, cli, flags, err, records)
   end
   return v[section], v
 end

@@ -57,7 +57,7 @@ function M.settings(args)
     relay_only = args.relay_only or nil,
     socks5_proxy = args.socks5_proxy,
     dns_server = args.dns_server,
-  })
+  }, { bind_addr = "--listen" })
 end
 
 local function register_repl(srv)
