@@ -36,24 +36,23 @@ static void end_poll(struct tun_bp_state *s, uint64_t now)
 
 int tun_bp_event(struct tun_bp_state *s, uint64_t now, size_t bytes)
 {
+    uint64_t gap = now - s->last_ns;
+    s->last_ns = now;
     if (heavy_traffic(s, now, bytes)) {
         /* Bulk data keeps the loop busy without polling, and polling would only take CPU from
          * the applications at either end. */
         if (s->polling)
             end_poll(s, now);
         s->window_ns = 0;
-        s->last_ns = now;
         return 0;
     }
     if (s->polling) {
         /* Polling paid off: the event came without a wake-up. Keep the window. */
         s->caught++;
-        s->last_ns = now;
         return 0;
     }
     /* The process went to sleep (or never polled) before this event. A gap the longest poll
      * would have covered grows the window; a longer one shrinks it. */
-    uint64_t gap = now - s->last_ns;
     if (s->max_ns && gap <= s->max_ns) {
         s->window_ns = s->window_ns ? s->window_ns * 2 : grow_start(s);
         if (s->window_ns > s->max_ns)
@@ -63,7 +62,6 @@ int tun_bp_event(struct tun_bp_state *s, uint64_t now, size_t bytes)
         if (s->window_ns < grow_start(s))
             s->window_ns = 0;
     }
-    s->last_ns = now;
     if (!s->window_ns)
         return 0;
     s->polling = 1;

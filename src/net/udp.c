@@ -389,12 +389,7 @@ static void do_recv(struct sock *k)
             break;
         }
         u->st.rx_calls++;
-        if (got > 0) {
-            size_t bytes = 0;
-            for (int i = 0; i < got; i++)
-                bytes += u->rx_msgs[i].msg_len;
-            tun_busypoll_kick(k->poll.loop, bytes);
-        }
+        uint64_t rx_bytes_before = u->st.rx_bytes;
         for (int i = 0; i < got; i++) {
             struct msghdr *h = &u->rx_msgs[i].msg_hdr;
             size_t len = u->rx_msgs[i].msg_len;
@@ -426,6 +421,8 @@ static void do_recv(struct sock *k)
                     return;
             }
         }
+        if (got > 0) /* data arrived: counted after delivery, by the loop above */
+            tun_busypoll_kick(k->poll.loop, (size_t)(u->st.rx_bytes - rx_bytes_before));
         /* A short batch means the queue is empty: skip the recvmmsg that would say EAGAIN. */
         if ((unsigned)got < n)
             break;

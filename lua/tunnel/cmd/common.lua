@@ -18,9 +18,8 @@ local function flag_of(section, cli, flags, path)
   if not rest or not cli then
     return nil
   end
-  local spec, v, top = config.schema.by_name[section], cli, nil
+  local spec, v = config.schema.by_name[section], cli
   for seg in rest:gsub("%[%d+%]", ""):gmatch("[^.]+") do
-    top = top or seg
     local f = spec and spec.by_name and spec.by_name[seg]
     v = type(v) == "table" and v[seg] or nil
     if v == nil or not f then
